@@ -84,7 +84,7 @@ def _download(source: DataSource, folder: Path, missing: list) -> None:
         os.makedirs(source.data_dir, exist_ok=True)
         cls(root=source.data_dir, train=True, download=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise DataError(f"{DATASET_TITLES[source.dataset]} is not in {folder} and could not be downloaded ({reason}): "
                         f"put {', '.join(missing)} there, or point --data-dir at a folder that has them") from None
 

@@ -273,7 +273,8 @@ def run_training(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
                 if value is not None and name in train.RunConfig.__dataclass_fields__}
     settings.update(device=str(device), cache_dir=args.cache_dir or default_cache_dir(),
                     data_dir=args.data_dir or "data")
-    seeds = args.seeds or [args.seed or 0]
+    settings.pop("seed", None)
+    seeds = args.seeds or [args.seed]
     if len(args.versions) == 1 and len(seeds) == 1:
         run_dir = Path(args.out) if args.out else train.new_run_dir(Path("runs"), f"v{args.versions[0]}")
         if (run_dir / train.CONFIG).exists():

@@ -26,10 +26,10 @@ def run_name(version: int, seed: int, several_seeds: bool) -> str:
 def run_table(versions: list, seeds: list, settings: dict, results_dir: Path, force: bool, quiet: bool) -> None:
     """Train every version for every seed, skipping finished runs and resuming unfinished ones."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    planned = [(version, seed, results_dir / run_name(version, seed, len(seeds) > 1))
-               for version in versions for seed in seeds]
-    for version, seed, run_dir in planned:
-        cfg = RunConfig.for_version(version, **{**settings, "seed": seed})
+    planned = [(RunConfig.for_version(version, **settings, seed=seed),
+                results_dir / run_name(version, seed, len(seeds) > 1)) for version in versions for seed in seeds]
+    for cfg, run_dir in planned:
+        version = cfg.version
         if force:
             clear_run(run_dir)
         if (run_dir / CONFIG).exists():
@@ -40,10 +40,10 @@ def run_table(versions: list, seeds: list, settings: dict, results_dir: Path, fo
                                       f"asks {getattr(cfg, name)!r}: use another --out, or --force to start over")
         done = epochs_done(run_dir)
         if done >= cfg.epochs:
-            print(f"Version {version}, seed {seed}: finished ({done} epochs) in {run_dir}; skipped", flush=True)
+            print(f"Version {version}, seed {cfg.seed}: finished ({done} epochs) in {run_dir}; skipped", flush=True)
             continue
         row = VERSIONS[version]
-        print(f"\n== Version {version}, seed {seed}: {DATASET_TITLES[row.dataset]}, {row.model} "
+        print(f"\n== Version {version}, seed {cfg.seed}: {DATASET_TITLES[row.dataset]}, {row.model} "
               f"({'resuming after epoch ' + str(done) if done else 'new'}) -> {run_dir}", flush=True)
         fit(cfg, run_dir, resume=done > 0, quiet=quiet)
         write_results(results_dir, planned)
@@ -52,13 +52,13 @@ def run_table(versions: list, seeds: list, settings: dict, results_dir: Path, fo
 
 
 def finished_runs(planned: list) -> dict:
-    """version -> [(config, metrics)] for the runs that trained all their epochs."""
+    """version -> [(config, metrics)] for the runs that trained all the epochs this table asks for."""
     runs = {}
-    for version, _, run_dir in planned:
+    for planned_cfg, run_dir in planned:
         if (run_dir / METRICS).exists() and (run_dir / CONFIG).exists():
-            cfg, metrics = read_config(run_dir), read_metrics(run_dir / METRICS)
-            if metrics and len(metrics) == cfg.epochs:
-                runs.setdefault(version, []).append((cfg, metrics))
+            metrics = read_metrics(run_dir / METRICS)
+            if len(metrics) == planned_cfg.epochs:
+                runs.setdefault(planned_cfg.version, []).append((read_config(run_dir), metrics))
     return runs
 
 

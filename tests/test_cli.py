@@ -1,0 +1,105 @@
+"""The command line: usage, the version table, and one clear line with the right exit status for bad input."""
+from pathlib import Path
+
+import pytest
+
+from configs import VERSIONS
+
+
+def test_bare_command_prints_usage_and_the_versions(cli):
+    code, out, _ = cli()
+    assert code == 0
+    assert out.startswith("usage: main.py")
+    assert "655,882" in out and "Fashion-MNIST" in out
+
+
+def test_list_prints_every_version_with_params_and_seed_accuracy(cli):
+    code, out, _ = cli("list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["v", "dataset", "model", "optimizer", "params"]
+    for row in VERSIONS.values():
+        line = lines[row.number]
+        assert line.startswith(str(row.number))
+        assert f"{row.params:,}" in line and f"{row.seed_test_acc:.2f}" in line and row.remark in line
+
+
+def test_help_lists_the_commands(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for word in ("--epochs", "--resume", "eval RUN_DIR", "predict RUN_DIR", "--image-folder", "--loader"):
+        assert word in out
+
+
+def bad_command_lines(tmp: Path) -> list:
+    a_file = tmp / "a-file"
+    a_file.write_text("x")
+    run_without_config = tmp / "empty-run"
+    run_without_config.mkdir()
+    half_folder = tmp / "half"
+    (half_folder / "train").mkdir(parents=True)
+    return [
+        (["10"], 2, "'10'"),
+        (["0"], 2, "'0'"),
+        (["nine"], 2, "'nine'"),
+        (["1,x"], 2, "'1,x'"),
+        (["7-3"], 2, "'7-3'"),
+        (["1-12"], 2, "'1-12'"),
+        (["1", "--epochs", "0"], 2, "'0'"),
+        (["1", "--epochs", "two"], 2, "'two'"),
+        (["1", "--batch-size", "-4"], 2, "'-4'"),
+        (["1", "--lr", "0"], 2, "'0'"),
+        (["1", "--lr", "nan"], 2, "'nan'"),
+        (["1", "--lr", "inf"], 2, "'inf'"),
+        (["1", "--lr", "-0.1"], 2, "'-0.1'"),
+        (["1", "--seed", "-1"], 2, "'-1'"),
+        (["1", "--seeds", "0,0"], 2, "'0,0'"),
+        (["1", "--seed", "1", "--seeds", "0,1"], 2, "--seeds"),
+        (["1", "--device", "gpu"], 2, "'gpu'"),
+        (["1", "--device", "cuda"], 2, "cuda"),
+        (["1", "--device", "cuda:3"], 2, "cuda:3"),
+        (["1", "--loader", "fast"], 2, "'fast'"),
+        (["1", "--threads", "0"], 2, "'0'"),
+        (["1", "--eval-every", "0"], 2, "'0'"),
+        (["1", "--bogus"], 2, "--bogus"),
+        (["1", "--image-folder", str(tmp / "nowhere")], 2, "nowhere"),
+        (["1", "--image-folder", str(half_folder)], 2, "test/"),
+        (["1,6", "--image-folder", str(half_folder)], 2, "half"),
+        (["1", "--data-dir", str(a_file)], 2, "a-file"),
+        (["1", "--out", str(a_file / "sub")], 2, "a-file"),
+        (["1", "--out", str(a_file)], 2, "a-file"),
+        (["--resume", str(tmp / "no-run")], 2, "no-run"),
+        (["--resume", str(run_without_config)], 2, "config.json"),
+        (["3", "--resume", str(run_without_config)], 2, "--resume"),
+        (["--resume", str(run_without_config), "--lr", "0.1"], 2, "config.json"),
+        (["eval", str(tmp / "no-run")], 2, "no-run"),
+        (["eval", str(run_without_config)], 2, "config.json"),
+        (["predict", str(run_without_config)], 2, "IMAGE"),
+        (["list", "extra"], 2, "extra"),
+        (["--epochs", "3"], 2, "versions"),
+    ]
+
+
+def test_bad_command_lines_get_one_line_and_exit_2(cli, tmp_path):
+    cases = bad_command_lines(tmp_path)
+    assert len(cases) >= 20
+    for argv, status, named in cases:
+        code, out, err = cli(*argv)
+        assert code == status, (argv, code, err)
+        assert "Traceback" not in err + out, argv
+        message = err.strip().splitlines()[-1]
+        assert named in message, (argv, message)
+
+
+def test_nothing_is_loaded_or_written_for_bad_input(cli, tmp_path):
+    code, _, _ = cli("1", "--epochs", "0", "--data-dir", tmp_path / "fresh-data")
+    assert code == 2
+    assert not (tmp_path / "fresh-data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_resume_accepts_only_epochs_device_threads_and_quiet(cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    code, _, err = cli("--resume", run, "--batch-size", "8")
+    assert code == 2 and "--batch-size cannot change when resuming" in err
