@@ -9,6 +9,7 @@ import json
 import math
 import os
 import struct
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import ToTensor
+from tqdm import tqdm
 
 from configs import DATASET_TITLES
 from errors import DataError
@@ -58,12 +60,18 @@ class DataSource:
         return channels, size
 
 
+def progress(iterable, description: str, quiet: bool = False, total: int | None = None):
+    """A tqdm bar on stderr, shown only to a person watching a terminal."""
+    return tqdm(iterable, desc=description, total=total, disable=quiet or not sys.stderr.isatty(), file=sys.stderr,
+                dynamic_ncols=True)
+
+
 def image_mode(channels: int) -> str:
     return "L" if channels == 1 else "RGB"
 
 
-def _check_idx(path: Path) -> None:
-    """Catch a truncated or foreign IDX file before torchvision fails on it with an assertion."""
+def _check_idx(path: Path) -> tuple:
+    """Catch a truncated or foreign IDX file before torchvision fails on it with an assertion; returns its shape."""
     with open(path, "rb") as f:
         header = f.read(4)
         if len(header) < 4 or header[:3] != b"\x00\x00\x08" or not 1 <= header[3] <= 3:
@@ -76,6 +84,7 @@ def _check_idx(path: Path) -> None:
     if path.stat().st_size != expected:
         raise DataError(f"{path} has {path.stat().st_size} bytes where its header promises {expected}: "
                         "delete it so it is downloaded again, or replace it")
+    return dims
 
 
 def _download(source: DataSource, folder: Path, missing: list) -> None:
@@ -108,8 +117,11 @@ def _prepare(source: DataSource) -> None:
     missing = [name for name in names if not (folder / name).exists()]
     if missing:
         _download(source, folder, missing)
-    for name in names:
-        _check_idx(folder / name)
+    shapes = {name: _check_idx(folder / name) for name in names}
+    for images, labels in zip(names[0::2], names[1::2]):
+        if shapes[images][0] != shapes[labels][0] or len(shapes[images]) != 3 or len(shapes[labels]) != 1:
+            raise DataError(f"{folder / images} and {folder / labels} do not match ({shapes[images]} images, "
+                            f"{shapes[labels]} labels): delete both so they are downloaded again")
 
 
 def _split_folder(source: DataSource, train: bool) -> Path:
@@ -180,7 +192,8 @@ def _load_image_folder(source: DataSource, train: bool) -> Split:
             pass  # a damaged cache is rebuilt below
     mode = image_mode(channels)
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        arrays = list(pool.map(lambda sample: _decode(sample[0], mode, size), listing.samples))
+        decoded = pool.map(lambda sample: _decode(sample[0], mode, size), listing.samples)
+        arrays = list(progress(decoded, f"Decoding {folder}", total=len(listing.samples)))
     split = Split(torch.from_numpy(np.stack(arrays)), torch.tensor(listing.targets, dtype=torch.int64),
                   list(listing.classes))
     if cache:

@@ -271,8 +271,10 @@ def run_training(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
     device = device_or_error(parser, args.device or "auto")
     settings = {name: value for name, value in vars(args).items()
                 if value is not None and name in train.RunConfig.__dataclass_fields__}
-    settings.update(device=str(device), cache_dir=args.cache_dir or default_cache_dir(),
-                    data_dir=args.data_dir or "data")
+    settings.update(device=str(device), cache_dir=os.path.abspath(args.cache_dir or default_cache_dir()),
+                    data_dir=os.path.abspath(args.data_dir or "data"))
+    if args.image_folder:
+        settings["image_folder"] = os.path.abspath(args.image_folder)
     settings.pop("seed", None)
     seeds = args.seeds or [args.seed]
     if len(args.versions) == 1 and len(seeds) == 1:
@@ -364,9 +366,9 @@ def guarded(work) -> int:
         work(progress)
     except KeyboardInterrupt as stop:
         code = 143 if isinstance(stop, Stopped) else 130
-        if progress.resume_command:
-            return fail(f"interrupted; every finished epoch is kept. Continue with: {progress.resume_command}", code)
-        return fail("interrupted before anything was written", code)
+        if progress.label == "Run folder" and not (progress.folder and (progress.folder / "checkpoint.pt").exists()):
+            return fail("interrupted before the first epoch finished; nothing to resume: start the run again", code)
+        return fail(f"interrupted; every finished epoch is kept. Continue with: {progress.resume_command}", code)
     except RunnerError as error:
         return fail(str(error), error.exit_code)
     except torch.OutOfMemoryError:

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from tqdm import tqdm
 
 import plots
 from configs import VERSIONS
-from data import DATASETS, DataSource, ResidentLoader, check_classes, load_image, load_split, make_loaders
+from data import (DATASETS, DataSource, ResidentLoader, check_classes, load_image, load_split, make_loaders,
+                  progress)
 from errors import CheckpointError, RunnerError
 from models import build_model, count_parameters
 
@@ -148,11 +148,6 @@ def to_model_input(images: torch.Tensor, labels: torch.Tensor, device: torch.dev
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, labels.to(device, non_blocking=True)
-
-
-def progress(iterable, description: str, quiet: bool):
-    return tqdm(iterable, desc=description, disable=quiet or not sys.stderr.isatty(), file=sys.stderr,
-                dynamic_ncols=True)
 
 
 def check_finite(loss_sum: torch.Tensor, epoch: int, step: int, lr: float) -> float:

@@ -244,3 +244,10 @@ def test_eval_and_predict_a_saved_run(cli, image_folder, tmp_path):
     broken.write_text("no image")
     code, _, err = cli("predict", run, broken)
     assert code == 1 and "broken.png cannot be read" in err
+
+
+def test_amp_runs_on_the_cpu_and_is_recorded(cli, mnist_dir, tmp_path):
+    train_tiny(cli, mnist_dir, tmp_path / "run", "--amp", version="3", epochs=1)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["amp"] is True and config["overrides"]["amp"] is True
+    assert 0 <= float(metrics_of(tmp_path / "run")[0]["test_acc"]) <= 1
