@@ -5,7 +5,7 @@
 
 For each version it times the same training steps (after warm-up) fed three ways: by our resident loader, by the
 seed's torchvision DataLoader (PIL + ToTensor in 4 workers), and from one fixed batch already on the device (the
-model-only ceiling). Each is repeated and the median reported. Run it on an otherwise idle machine.
+model-only ceiling). Each is repeated, in a rotating order, and the median reported. Run it on an otherwise idle machine.
 """
 import argparse
 import statistics
@@ -87,8 +87,10 @@ def bench_version(version: int, args: argparse.Namespace, device: torch.device) 
         "model": lambda: repeat_batch(*fixed),
     }
     rates = {name: [] for name in feeds}
-    for _ in range(args.repeats):
-        for name, feed in feeds.items():
+    names = list(feeds)
+    for repeat in range(args.repeats):
+        for name in names[repeat % 3:] + names[:repeat % 3]:
+            feed = feeds[name]
             rates[name].append(timed_steps(step_model, optimizer, feed(), device, args.steps, args.warmup, args.amp))
     return {name: statistics.median(values) for name, values in rates.items()}
 
@@ -98,7 +100,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--versions", type=version_list, default=version_list("all"), help="e.g. 1,3,6-9 (all)")
     parser.add_argument("--steps", type=positive_int, default=100, help="timed steps per measurement (100)")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first (10)")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="measurements per feed; median (3)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="measurements per feed; median (5)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", type=device_name, default="auto")

@@ -249,7 +249,7 @@ class ResidentLoader:
                 images, labels = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
             else:
                 index = order[start:start + self.batch_size]
-                images, labels = self.images[index], self.labels[index]
+                images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
             yield images.to(torch.float32).div(255), labels
 
 
