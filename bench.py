@@ -17,8 +17,8 @@ import torch
 from torchvision.transforms import ToTensor
 
 import train
-from configs import VERSIONS
-from data import DATASETS, DataSource, ResidentLoader, Split, SplitDataset, classic_loader, load_split
+from configs import DATASETS, VERSIONS
+from data import DataSource, ResidentLoader, Split, SplitDataset, classic_loader, load_split
 from data import torchvision_dataset
 from errors import RunnerError
 from main import default_cache_dir, device_name, positive_int, version_list
@@ -36,7 +36,7 @@ def synthetic_split(channels: int, size: int) -> Split:
 def sources_for(version: int, args: argparse.Namespace):
     """(resident split, classic dataset) of the version's training data."""
     dataset = VERSIONS[version].dataset
-    _, channels, size = DATASETS[dataset]
+    channels, size = DATASETS[dataset].channels, DATASETS[dataset].size
     if args.synthetic:
         split = synthetic_split(channels, size)
         return split, SplitDataset(split, ToTensor())

@@ -1,7 +1,21 @@
-"""The version table: one row per step of the ablation ladder, with the seed's published results."""
+"""The version table: one row per step of the ablation ladder, with the seed's published results, and the three
+datasets the rows refer to."""
 from dataclasses import dataclass, field
 
-DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    title: str
+    channels: int
+    size: int
+
+
+DATASETS = {
+    "mnist": Dataset("MNIST", 1, 28),
+    "fashion_mnist": Dataset("Fashion-MNIST", 1, 28),
+    "cifar10": Dataset("CIFAR-10", 3, 32),
+}
 
 
 @dataclass(frozen=True)

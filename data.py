@@ -23,14 +23,13 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import ToTensor
 from tqdm import tqdm
 
-from configs import DATASET_TITLES
+from configs import DATASETS
 from errors import DataError
 
-# dataset name -> (torchvision class, channels, height and width)
-DATASETS = {
-    "mnist": (torchvision.datasets.MNIST, 1, 28),
-    "fashion_mnist": (torchvision.datasets.FashionMNIST, 1, 28),
-    "cifar10": (torchvision.datasets.CIFAR10, 3, 32),
+TORCHVISION_CLASSES = {
+    "mnist": torchvision.datasets.MNIST,
+    "fashion_mnist": torchvision.datasets.FashionMNIST,
+    "cifar10": torchvision.datasets.CIFAR10,
 }
 CLASSES_PER_MODEL = 10
 CLASSIC_WORKERS = 4
@@ -56,8 +55,7 @@ class DataSource:
 
     @property
     def shape(self) -> tuple[int, int]:
-        _, channels, size = DATASETS[self.dataset]
-        return channels, size
+        return DATASETS[self.dataset].channels, DATASETS[self.dataset].size
 
 
 def progress(iterable, description: str, quiet: bool = False, total: int | None = None):
@@ -88,19 +86,19 @@ def _check_idx(path: Path) -> tuple:
 
 
 def _download(source: DataSource, folder: Path, missing: list) -> None:
-    cls = DATASETS[source.dataset][0]
+    cls = TORCHVISION_CLASSES[source.dataset]
     try:
         os.makedirs(source.data_dir, exist_ok=True)
         cls(root=source.data_dir, train=True, download=True)
     except Exception as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise DataError(f"{DATASET_TITLES[source.dataset]} is not in {folder} and could not be downloaded ({reason}): "
+        raise DataError(f"{DATASETS[source.dataset].title} is not in {folder} and could not be downloaded ({reason}): "
                         f"put {', '.join(missing)} there, or point --data-dir at a folder that has them") from None
 
 
 def _prepare(source: DataSource) -> None:
     """Download what is missing, then check every file, so a damaged one is named instead of crashing a reader."""
-    cls = DATASETS[source.dataset][0]
+    cls = TORCHVISION_CLASSES[source.dataset]
     if source.dataset == "cifar10":
         folder = Path(source.data_dir) / cls.base_folder
         files = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
@@ -137,7 +135,7 @@ def torchvision_dataset(source: DataSource, train: bool, transform=None) -> Data
         _decode(dataset.samples[0][0], image_mode(channels), size)
         return dataset
     _prepare(source)
-    cls = DATASETS[source.dataset][0]
+    cls = TORCHVISION_CLASSES[source.dataset]
     return cls(root=source.data_dir, train=train, download=False, transform=transform)
 
 
@@ -291,7 +289,7 @@ def make_loaders(source: DataSource, loader: str, batch_size: int, device: torch
         classes = (list(train.classes), list(test.classes))
         loaders = (classic_loader(train, batch_size, device, shuffle_generator, shuffle=True),
                    classic_loader(test, batch_size, device, eval_generator, shuffle=False))
-    check_classes(*classes, source.image_folder or DATASET_TITLES[source.dataset])
+    check_classes(*classes, source.image_folder or DATASETS[source.dataset].title)
     return loaders[0], loaders[1], classes[0]
 
 

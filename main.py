@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from configs import DATASET_TITLES, VERSIONS
+from configs import DATASETS, VERSIONS
 
 RESUME_OPTIONS = {"epochs", "device", "threads", "quiet", "eval_every"}
 EXAMPLES = """commands:
@@ -158,7 +158,7 @@ def describe_model(row) -> str:
 
 def version_table() -> str:
     header = ("v", "dataset", "model", "optimizer", "params", "train", "test", "remark")
-    rows = [(str(row.number), DATASET_TITLES[row.dataset], describe_model(row),
+    rows = [(str(row.number), DATASETS[row.dataset].title, describe_model(row),
              f"{'SGD' if row.optimizer == 'sgd' else 'Adam'} {row.lr:g}", f"{row.params:,}",
              f"{row.seed_train_acc:.2f}", f"{row.seed_test_acc:.2f}", row.remark) for row in VERSIONS.values()]
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header) - 1)]
@@ -198,6 +198,29 @@ def check_image_folder(parser: argparse.ArgumentParser, path: str) -> None:
                          "test/<class>/*)")
 
 
+def versions_on_folder(parser: argparse.ArgumentParser, folder: str, versions: list) -> set:
+    """The versions an image folder stands in for: the one version asked for, or, among several, those whose
+    images have the folder's size (so `all --image-folder cifar10-jpeg` trains 6-9 on it and 1-5 on their own)."""
+    if len(versions) == 1:
+        return set(versions)
+    from PIL import Image, UnidentifiedImageError
+
+    first = next((os.path.join(root, name) for root, _, names in sorted(os.walk(os.path.join(folder, "train")))
+                  for name in sorted(names)), None)
+    if first is None:
+        parser.error(f"--image-folder {folder}: train/ holds no images")
+    try:
+        with Image.open(first) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError):
+        parser.error(f"--image-folder {folder}: {first} is not an image")
+    matching = {n for n in versions if DATASETS[VERSIONS[n].dataset].size == width == height}
+    if not matching:
+        parser.error(f"--image-folder {folder}: its images are {width}x{height}, and none of the versions chosen "
+                     "takes that size (1-5: 28x28, 6-9: 32x32)")
+    return matching
+
+
 def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything that can be checked without torch, in the order a user would fix it."""
     if args.resume:
@@ -216,12 +239,10 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("say which versions to run, e.g. 9 or 1,3,6-9 (see: python main.py list)")
     if args.seed is not None and args.seeds:
         parser.error("give --seed or --seeds, not both")
+    args.folder_versions = set()
     if args.image_folder:
         check_image_folder(parser, args.image_folder)
-        sizes = {VERSIONS[n].dataset == "cifar10" for n in args.versions}
-        if len(sizes) > 1:
-            parser.error(f"--image-folder {args.image_folder}: the versions chosen take images of different sizes "
-                         "(1-5: 28x28 grey, 6-9: 32x32 colour); choose versions of one kind")
+        args.folder_versions = versions_on_folder(parser, args.image_folder, args.versions)
     check_creatable_dir(parser, "--data-dir", args.data_dir or "data", writable=False)
     if args.out:
         check_creatable_dir(parser, "--out", args.out, writable=True)
@@ -273,8 +294,9 @@ def run_training(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
                 if value is not None and name in train.RunConfig.__dataclass_fields__}
     settings.update(device=str(device), cache_dir=os.path.abspath(args.cache_dir or default_cache_dir()),
                     data_dir=os.path.abspath(args.data_dir or "data"))
-    if args.image_folder:
-        settings["image_folder"] = os.path.abspath(args.image_folder)
+    settings.pop("image_folder", None)
+    plan = {version: dict(settings, image_folder=os.path.abspath(args.image_folder)
+                          if version in args.folder_versions else None) for version in args.versions}
     settings.pop("seed", None)
     seeds = args.seeds or [args.seed]
     if len(args.versions) == 1 and len(seeds) == 1:
@@ -284,7 +306,7 @@ def run_training(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
                 raise RunnerError(f"{run_dir} holds a run already: continue it with --resume {run_dir}, "
                                   "or add --force to start over")
             results.clear_run(run_dir)
-        cfg = train.RunConfig.for_version(args.versions[0], **settings, seed=seeds[0])
+        cfg = train.RunConfig.for_version(args.versions[0], **plan[args.versions[0]], seed=seeds[0])
         progress.folder, progress.resume_command = run_dir, f"python main.py --resume {run_dir}"
         train.fit(cfg, run_dir, quiet=args.quiet)
         return
@@ -292,7 +314,7 @@ def run_training(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
     again = [word for word in argv if word != "--force"] + ([] if args.out else ["--out", str(results_dir)])
     progress.label, progress.folder = "Results folder", results_dir
     progress.resume_command = "python main.py " + " ".join(again)
-    results.run_table(args.versions, seeds, settings, results_dir, force=args.force, quiet=args.quiet)
+    results.run_table(plan, seeds, results_dir, force=args.force, quiet=args.quiet)
 
 
 def run_saved(command: str, argv: list) -> None:

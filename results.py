@@ -3,7 +3,7 @@ import statistics
 from pathlib import Path
 
 import plots
-from configs import DATASET_TITLES, VERSIONS
+from configs import DATASETS, VERSIONS
 from errors import RunnerError
 from train import CHECKPOINT, CONFIG, METRICS, RECIPE_FIELDS, RunConfig, epochs_done, fit, read_config, read_metrics
 
@@ -23,11 +23,13 @@ def run_name(version: int, seed: int, several_seeds: bool) -> str:
     return f"v{version}-seed{seed}" if several_seeds else f"v{version}"
 
 
-def run_table(versions: list, seeds: list, settings: dict, results_dir: Path, force: bool, quiet: bool) -> None:
-    """Train every version for every seed, skipping finished runs and resuming unfinished ones."""
+def run_table(plan: dict, seeds: list, results_dir: Path, force: bool, quiet: bool) -> None:
+    """Train every version (plan: version -> its settings) for every seed, skipping finished runs and resuming
+    unfinished ones."""
     results_dir.mkdir(parents=True, exist_ok=True)
     planned = [(RunConfig.for_version(version, **settings, seed=seed),
-                results_dir / run_name(version, seed, len(seeds) > 1)) for version in versions for seed in seeds]
+                results_dir / run_name(version, seed, len(seeds) > 1))
+               for version, settings in plan.items() for seed in seeds]
     for cfg, run_dir in planned:
         version = cfg.version
         if force:
@@ -43,7 +45,7 @@ def run_table(versions: list, seeds: list, settings: dict, results_dir: Path, fo
             print(f"Version {version}, seed {cfg.seed}: finished ({done} epochs) in {run_dir}; skipped", flush=True)
             continue
         row = VERSIONS[version]
-        print(f"\n== Version {version}, seed {cfg.seed}: {DATASET_TITLES[row.dataset]}, {row.model} "
+        print(f"\n== Version {version}, seed {cfg.seed}: {DATASETS[row.dataset].title}, {row.model} "
               f"({'resuming after epoch ' + str(done) if done else 'new'}) -> {run_dir}", flush=True)
         fit(cfg, run_dir, resume=done > 0, quiet=quiet)
         write_results(results_dir, planned)
@@ -76,7 +78,7 @@ def write_results(results_dir: Path, planned: list) -> list:
             seed_test_acc=seed_row.seed_test_acc, test_delta=test_acc - seed_row.seed_test_acc,
             seconds=statistics.fmean(sum(row["seconds"] for row in metrics) for _, metrics in runs)))
         tested = [i for i, row in enumerate(runs[0][1]) if row["test_acc"] is not None]
-        curves.setdefault(DATASET_TITLES[cfg.dataset], {})[f"v{version}"] = (
+        curves.setdefault(DATASETS[cfg.dataset].title, {})[f"v{version}"] = (
             [runs[0][1][i]["epoch"] for i in tested],
             [statistics.fmean(metrics[i]["test_acc"] for _, metrics in runs) for i in tested])
     lines = [",".join(RESULT_COLUMNS)]

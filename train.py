@@ -23,8 +23,8 @@ import torchvision
 from torch import nn
 
 import plots
-from configs import VERSIONS
-from data import (DATASETS, DataSource, ResidentLoader, check_classes, load_image, load_split, make_loaders,
+from configs import DATASETS, VERSIONS
+from data import (DataSource, ResidentLoader, check_classes, load_image, load_split, make_loaders,
                   progress)
 from errors import CheckpointError, RunnerError
 from models import build_model, count_parameters
@@ -378,7 +378,7 @@ def evaluate_run(run_dir: Path, device: torch.device, source: DataSource, quiet:
 def predict(run_dir: Path, images: list, device: torch.device, top: int = 3) -> list:
     """The top classes with probabilities for each image file, resized to the model's input."""
     cfg, model, classes = load_trained(run_dir, device)
-    channels, size = DATASETS[cfg.dataset][1:]
+    channels, size = DATASETS[cfg.dataset].channels, DATASETS[cfg.dataset].size
     batch = torch.stack([load_image(path, channels, size) for path in images]).to(device)
     probabilities = model(batch).exp()
     best = probabilities.topk(min(top, len(classes)), dim=1)

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from configs import VERSIONS
+from conftest import make_image_folder
 
 
 def test_bare_command_prints_usage_and_the_versions(cli):
@@ -38,6 +39,10 @@ def bad_command_lines(tmp: Path) -> list:
     run_without_config.mkdir()
     half_folder = tmp / "half"
     (half_folder / "train").mkdir(parents=True)
+    empty_train = tmp / "empty"
+    (empty_train / "train").mkdir(parents=True)
+    (empty_train / "test").mkdir()
+    colour_folder = make_image_folder(tmp / "colour", train=10, test=10)
     return [
         (["10"], 2, "'10'"),
         (["0"], 2, "'0'"),
@@ -65,6 +70,8 @@ def bad_command_lines(tmp: Path) -> list:
         (["1", "--image-folder", str(tmp / "nowhere")], 2, "nowhere"),
         (["1", "--image-folder", str(half_folder)], 2, "test/"),
         (["1,6", "--image-folder", str(half_folder)], 2, "half"),
+        (["1,6", "--image-folder", str(empty_train)], 2, "no images"),
+        (["1,2", "--image-folder", str(colour_folder)], 2, "none of the versions"),
         (["1", "--data-dir", str(a_file)], 2, "a-file"),
         (["1", "--out", str(a_file / "sub")], 2, "a-file"),
         (["1", "--out", str(a_file)], 2, "a-file"),

@@ -251,3 +251,13 @@ def test_amp_runs_on_the_cpu_and_is_recorded(cli, mnist_dir, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["amp"] is True and config["overrides"]["amp"] is True
     assert 0 <= float(metrics_of(tmp_path / "run")[0]["test_acc"]) <= 1
+
+
+def test_an_image_folder_in_a_table_stands_in_for_the_versions_of_its_size(cli, mnist_dir, image_folder, tmp_path):
+    table = tmp_path / "table"
+    code, out, err = cli("1,6", "--epochs", 1, "--data-dir", mnist_dir, "--image-folder", image_folder, "--out", table,
+                         "--quiet")
+    assert code == 0, err
+    assert json.loads((table / "v1" / "config.json").read_text())["image_folder"] is None
+    assert json.loads((table / "v6" / "config.json").read_text())["image_folder"] == str(image_folder)
+    assert "| 6 | cifar10 (folder: images) |" in (table / "results.md").read_text()
