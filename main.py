@@ -46,24 +46,23 @@ def version_list(text: str) -> list[int]:
     return numbers
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, low: int, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' must be 1 or more")
+    if value < low or (high is not None and value > high):
+        bounds = f"{low} or more" if high is None else f"between {low} and {high}"
+        raise argparse.ArgumentTypeError(f"'{text}' must be {bounds}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
 
 
 def seed_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if not 0 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"'{text}' must be between 0 and 2**63 - 1")
-    return value
+    return whole_number(text, 0, 2 ** 63 - 1)
 
 
 def seed_list(text: str) -> list[int]:
