@@ -53,7 +53,9 @@ def plot_confusion(confusion, classes: list, path: Path, title: str) -> None:
     axis.set_ylabel("true")
     for row in range(len(classes)):
         for column in range(len(classes)):
-            axis.text(column, row, int(confusion[row, column]), ha="center", va="center", fontsize=7)
+            value = int(confusion[row, column])
+            axis.text(column, row, value, ha="center", va="center", fontsize=7,
+                      color="white" if value > confusion.max() / 2 else "black")
     figure.colorbar(image)
     axis.set_title(title)
     figure.tight_layout()
