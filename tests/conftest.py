@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import main  # noqa: E402
+import torch  # noqa: E402
+
+# One thread: tiny batches gain nothing from more, and on a busy machine OpenMP threads waiting on each other stall.
+torch.set_num_threads(1)
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -20,7 +20,7 @@ from errors import RunnerError
 
 def start_run(data_dir: Path, run_dir: Path, *extra) -> subprocess.Popen:
     command = [sys.executable, str(ROOT / "main.py"), "1", "--epochs", "500", "--batch-size", "16",
-               "--data-dir", str(data_dir), "--out", str(run_dir), "--quiet", *extra]
+               "--data-dir", str(data_dir), "--out", str(run_dir), "--quiet", "--threads", "1", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -57,7 +57,7 @@ def test_a_table_interrupted_names_the_command_that_continues_it(tmp_path):
     data = make_mnist(tmp_path / "data", train=2000, test=100)
     table = tmp_path / "table"
     command = [sys.executable, str(ROOT / "main.py"), "1", "--seeds", "0,1", "--epochs", "500", "--data-dir",
-               str(data), "--out", str(table), "--quiet"]
+               str(data), "--out", str(table), "--quiet", "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(process, table / "v1-seed0")
     process.send_signal(signal.SIGINT)
