@@ -1,8 +1,9 @@
 """The train/test loop and what it records: config.json, metrics.csv, curves.png and checkpoint.pt per run.
 
 Loss and correct counts are summed on the device and read back every REFRESH_EVERY steps, which feeds the progress
-bar and catches a diverging loss without a host sync per step. Shuffling, dropout and evaluation draw from separate
-random streams, all saved in the checkpoint, so a resumed run continues exactly where it stopped.
+bar and catches a diverging loss without a host sync per step. Shuffling has its own generator and dropout the global
+one, both saved in the checkpoint, and evaluation draws from neither, so a resumed run continues exactly where it
+stopped and testing more or less often never changes the trained weights.
 """
 import csv
 import json
