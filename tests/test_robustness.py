@@ -141,3 +141,15 @@ def test_damaged_checkpoint_bytes_keep_the_zip_header(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(RunnerError):
         train.load_checkpoint(path)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=1500))
+def test_random_bytes_as_an_image_give_a_data_error_naming_it(tmp_path_factory, payload):
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path_factory.mktemp("fuzz"), train=10, test=10)
+    victim = sorted((root / "train").rglob("*.png"))[3]
+    victim.write_bytes(payload)
+    with pytest.raises(RunnerError, match=victim.name):
+        load_split(DataSource("cifar10", "unused", str(root), None), True)
