@@ -179,6 +179,8 @@ def check_creatable_dir(parser: argparse.ArgumentParser, option: str, path: str,
     if target.exists():
         if not target.is_dir():
             parser.error(f"{option} {path}: exists and is not a folder")
+        if not os.access(target, os.R_OK | os.X_OK):
+            parser.error(f"{option} {path}: the folder is not readable")
         if writable and not os.access(target, os.W_OK | os.X_OK):
             parser.error(f"{option} {path}: the folder is not writable")
         return
