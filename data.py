@@ -162,7 +162,7 @@ def _decode(path: str, mode: str, size: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = image.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
         raise DataError(f"{path} cannot be read as an image ({type(error).__name__}): fix or remove it") from None
     if image.size != (size, size):
         raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but this version takes {size}x{size} images: "
@@ -298,6 +298,6 @@ def load_image(path: str, channels: int, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image = image.convert(image_mode(channels)).resize((size, size), Image.BILINEAR)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
         raise DataError(f"{path} cannot be read as an image ({type(error).__name__}): give an image file") from None
     return ToTensor()(image)
