@@ -45,7 +45,7 @@ def test_a_signal_mid_run_keeps_the_last_epoch_and_the_run_resumes(tmp_path, sig
     assert "Traceback" not in err
     assert f"python main.py --resume {run}" in err.strip().splitlines()[-1]
     done = train.load_checkpoint(run / "checkpoint.pt")["epoch"]
-    assert done >= 1 and out.count("Epoch ") == done
+    assert done >= 1 and 1 <= out.count("Epoch ") <= done  # every epoch reported finished was kept
     resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run), "--epochs",
                               str(done + 1), "--quiet"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
