@@ -3,26 +3,32 @@
     python bench.py --versions 1,3,6,9 --data-dir ../shared/data --image-folder ../shared/data/cifar10-jpeg
     python bench.py --synthetic
 
-For each version it times the same training steps (after warm-up) fed three ways: by our resident loader, by the
-seed's torchvision DataLoader (PIL + ToTensor in 4 workers), and from one fixed batch already on the device (the
-model-only ceiling). Each is repeated, in a rotating order, and the median reported. Run it on an otherwise idle machine.
+For each version it times the same training steps (after warm-up) fed three ways: by our resident loader (with the
+version's augmentation, on the device), by the seed's torchvision DataLoader (PIL and torchvision transforms in 4
+workers), and from one fixed batch already on the device (the model-only ceiling). Each is repeated, in a rotating
+order, and the median reported. The batch is the version's own unless --batch-size says otherwise. Run it on an
+otherwise idle machine.
 """
 import argparse
+import itertools
 import statistics
 import sys
 import time
 import warnings
 
 import torch
-from torchvision.transforms import ToTensor
 
-import train
-from configs import DATASETS, VERSIONS
-from data import DataSource, ResidentLoader, Split, SplitDataset, classic_loader, load_split
-from data import torchvision_dataset
+from configs import VERSIONS
+from data import DataSource, Split, load_split
+from devices import resolve_device
 from errors import RunnerError
-from main import default_cache_dir, device_name, positive_int, version_list
-from models import build_model
+from loaders import (Augmentation, BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, classic_dataset,
+                     classic_transform)
+from main import default_cache_dir, version_list
+from models import build_model, fit_input_layers
+from settings import DATASETS, device_name, positive_int
+from state import TrainingState
+from train import to_model_input, train_step, uses_channels_last
 
 SYNTHETIC_IMAGES = 10_000
 
@@ -33,66 +39,77 @@ def synthetic_split(channels: int, size: int) -> Split:
     return Split(images, torch.randint(0, 10, (SYNTHETIC_IMAGES,), generator=generator), [str(i) for i in range(10)])
 
 
-def sources_for(version: int, args: argparse.Namespace):
-    """(resident split, classic dataset) of the version's training data."""
-    dataset = VERSIONS[version].dataset
-    channels, size = DATASETS[dataset].channels, DATASETS[dataset].size
+def training_data(version: int, args: argparse.Namespace):
+    """(resident split, classic dataset) of the version's training data, the classic one with its transforms."""
+    row = VERSIONS[version]
+    channels, size = DATASETS[row.dataset].channels, DATASETS[row.dataset].size
+    transform = classic_transform(size, row.recipe.crop_padding, row.recipe.flip, False)
     if args.synthetic:
         split = synthetic_split(channels, size)
-        return split, SplitDataset(split, ToTensor())
-    folder = args.image_folder if dataset == "cifar10" else None
-    source = DataSource(dataset, args.data_dir, folder, args.cache_dir)
-    return load_split(source, True), torchvision_dataset(source, True, ToTensor())
+        return split, SplitDataset(split, transform)
+    folder = args.image_folder if row.dataset == "cifar10" else None
+    source = DataSource(row.dataset, args.data_dir, folder, args.cache_dir)
+    return load_split(source, True), classic_dataset(source, True, transform)
 
 
-def timed_steps(model, optimizer, batches, device, steps: int, warmup: int, amp: bool) -> float:
+def timed_steps(state: TrainingState, batches, steps: int, warmup: int) -> float:
     """Images per second over `steps` training steps, after `warmup` untimed ones."""
-    batches = iter(batches)
-    channels_last = train.uses_channels_last(model)
-    total = torch.zeros((), device=device)
+    channels_last = uses_channels_last(state.model)
+    total = torch.zeros((), device=state.device)
     seen = 0
     for step in range(warmup + steps):
         if step == warmup:
             total.item()
             started = time.perf_counter()
             seen = 0
-        images, labels = train.to_model_input(*next(batches), device, channels_last)
-        loss, _ = train.train_step(model, optimizer, images, labels, amp)
+        images, labels, divisor = next(batches)
+        images, labels = to_model_input(images, labels, state.device, channels_last)
+        state.begin_step()
+        loss, _ = train_step(state, images, labels, divisor)
+        state.end_step()
         total += loss
         seen += len(labels)
     total.item()
     return seen / (time.perf_counter() - started)
 
 
-def repeat_batch(images: torch.Tensor, labels: torch.Tensor):
-    while True:
-        yield images, labels
+def every_epoch(loader):
+    return itertools.chain.from_iterable(loader.batches(epoch) for epoch in itertools.count(1))
 
 
 def bench_version(version: int, args: argparse.Namespace, device: torch.device) -> dict:
     row = VERSIONS[version]
-    split, classic_dataset = sources_for(version, args)
+    recipe = row.recipe
+    split, classic = training_data(version, args)
+    batch_size = args.batch_size or recipe.batch_size
     torch.manual_seed(0)
-    model = build_model(row.model, row.model_args).to(device)
-    if train.uses_channels_last(model):
+    model = build_model(recipe, DATASETS[row.dataset].channels)
+    fit_input_layers(model, split.images)
+    model = model.to(device)
+    if uses_channels_last(model):
         model = model.to(memory_format=torch.channels_last)
-    optimizer = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[row.optimizer](model.parameters(), lr=row.lr)
-    step_model = torch.compile(model) if args.compile else model
-    resident = ResidentLoader(split, args.batch_size, device, torch.Generator().manual_seed(0))
-    fixed = next(iter(resident))
+    plan = BatchPlan(len(split.labels), batch_size, recipe.drop_last)
+    state = TrainingState(version, recipe, model, device, 0, len(plan))
+    state.amp = args.amp
+    if args.compile:
+        state.step_model = torch.compile(model)
+    augmenting = recipe.crop_padding > 0 or recipe.flip != "none"
+    augmentation = Augmentation(recipe.crop_padding, recipe.flip, state.generators["augment"],
+                                state.generators["flip"]) if augmenting else None
+    resident = ResidentLoader(split, plan, device, state.generators["shuffle"], augmentation)
+    fixed = next(resident.batches())
     feeds = {
-        "ours": lambda: resident,
-        "classic": lambda: classic_loader(classic_dataset, args.batch_size, device, torch.Generator().manual_seed(0),
-                                          shuffle=True),
-        "model": lambda: repeat_batch(*fixed),
+        "ours": lambda: every_epoch(resident),
+        "classic": lambda: every_epoch(ClassicLoader(classic, plan, device, state.generators["shuffle"],
+                                                     state.generators["workers"])),
+        "model": lambda: itertools.repeat(fixed),
     }
     rates = {name: [] for name in feeds}
     names = list(feeds)
     for repeat in range(args.repeats):
         for name in names[repeat % 3:] + names[:repeat % 3]:
-            feed = feeds[name]
-            rates[name].append(timed_steps(step_model, optimizer, feed(), device, args.steps, args.warmup, args.amp))
-    return {name: statistics.median(values) for name, values in rates.items()}
+            rates[name].append(timed_steps(state, feeds[name](), args.steps, args.warmup))
+    return {name: statistics.median(values) for name, values in rates.items()} | {"batch": batch_size}
 
 
 def main(argv: list | None = None) -> int:
@@ -101,7 +118,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--steps", type=positive_int, default=100, help="timed steps per measurement (100)")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first (10)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="measurements per feed; median (5)")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, help="batch size (default: each version's own)")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", type=device_name, default="auto")
     parser.add_argument("--data-dir", default="data", help="MNIST and Fashion-MNIST (and CIFAR-10) folder")
@@ -113,25 +130,26 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # the seed's 4 workers, kept on purpose
     try:
-        device = train.resolve_device(args.device)
+        device = resolve_device(args.device)
     except ValueError as error:
         parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps after {args.warmup} warm-up, median of {args.repeats}"
           f"{', synthetic data' if args.synthetic else ''}{', amp' if args.amp else ''}"
           f"{', compile' if args.compile else ''}", flush=True)
-    print("| version | device | images/s ours | images/s classic | ratio | images/s model only | ours / model only |")
-    print("|---|---|---|---|---|---|---|")
+    print("| version | device | batch | images/s ours | images/s classic | ratio | images/s model only "
+          "| ours / model only |")
+    print("|---|---|---|---|---|---|---|---|")
     for version in args.versions:
         try:
             rates = bench_version(version, args, device)
         except RunnerError as error:
             print(f"error: version {version}: {error}", file=sys.stderr)
             return 1
-        print(f"| {version} | {device} | {rates['ours']:,.0f} | {rates['classic']:,.0f} | "
+        print(f"| {version} | {device} | {rates['batch']} | {rates['ours']:,.0f} | {rates['classic']:,.0f} | "
               f"{rates['ours'] / rates['classic']:.1f}x | {rates['model']:,.0f} | "
               f"{rates['ours'] / rates['model']:.0%} |", flush=True)
     return 0

@@ -1,38 +1,37 @@
-"""Datasets, and the two ways of feeding them to a model.
+"""Datasets: MNIST, Fashion-MNIST and CIFAR-10 under --data-dir, or a folder of images per class.
 
-The default keeps each split resident on the training device as one uint8 tensor and serves batches by indexing
-it with a seeded permutation: no PIL, no worker processes, no host copies per batch. The classic torchvision
-DataLoader loop of the seed stays behind `--loader torchvision` as the reference the benchmark compares against.
+Each split is decoded once into uint8 tensors (N, C, H, W), pixel for pixel what torchvision hands to ToTensor, and
+cached under the cache folder, keyed by every source file's name, size and modification time. torchvision is
+imported only to download, to decode a dataset that is not cached yet, and for the classic loader, so a run
+starts fast. Every file is checked before it is decoded, so a damaged one is named with what to do about it.
 """
 import hashlib
 import json
 import math
 import os
 import struct
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.utils import check_integrity
-from torchvision.transforms import ToTensor
-from tqdm import tqdm
 
-from configs import DATASETS
+from console import progress
 from errors import DataError
+from records import atomic_write
+from settings import DATASETS
 
-TORCHVISION_CLASSES = {
-    "mnist": torchvision.datasets.MNIST,
-    "fashion_mnist": torchvision.datasets.FashionMNIST,
-    "cifar10": torchvision.datasets.CIFAR10,
-}
+CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served
 CLASSES_PER_MODEL = 10
-CLASSIC_WORKERS = 4
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# The files each dataset keeps under --data-dir, per split (torchvision's layout).
+FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
+IDX_FILES = {True: ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"],
+             False: ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]}
+CIFAR_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"],
+               False: ["test_batch", "batches.meta"]}
 
 
 @dataclass
@@ -46,22 +45,35 @@ class Split:
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where a version's images come from: its torchvision dataset under data_dir, or a user's image folder."""
+    """Where a version's images come from: its dataset under data_dir, or an image folder (resized to the
+    version's size when `resize`)."""
 
     dataset: str
     data_dir: str
     image_folder: str | None = None
     cache_dir: str | None = None
+    resize: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
         return DATASETS[self.dataset].channels, DATASETS[self.dataset].size
 
+    @property
+    def name(self) -> str:
+        return self.image_folder or DATASETS[self.dataset].title
 
-def progress(iterable, description: str, quiet: bool = False, total: int | None = None):
-    """A tqdm bar on stderr, shown only to a person watching a terminal."""
-    return tqdm(iterable, desc=description, total=total, disable=quiet or not sys.stderr.isatty(), file=sys.stderr,
-                dynamic_ncols=True)
+    @classmethod
+    def of(cls, run) -> "DataSource":
+        """A run's data source (run: settings.RunConfig)."""
+        return cls(run.dataset, run.runtime.data_dir, run.runtime.image_folder, run.runtime.cache_dir,
+                   run.identity.resize)
+
+
+def torchvision_class(dataset: str):
+    import torchvision
+
+    return {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
+            "cifar10": torchvision.datasets.CIFAR10}[dataset]
 
 
 def image_mode(channels: int) -> str:
@@ -86,135 +98,170 @@ def _check_idx(path: Path) -> tuple:
 
 
 def _download(source: DataSource, folder: Path, missing: list) -> None:
-    cls = TORCHVISION_CLASSES[source.dataset]
     try:
         os.makedirs(source.data_dir, exist_ok=True)
-        cls(root=source.data_dir, train=True, download=True)
+        torchvision_class(source.dataset)(root=source.data_dir, train=True, download=True)
     except Exception as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise DataError(f"{DATASETS[source.dataset].title} is not in {folder} and could not be downloaded ({reason}): "
                         f"put {', '.join(missing)} there, or point --data-dir at a folder that has them") from None
 
 
-def _prepare(source: DataSource) -> None:
-    """Download what is missing, then check every file, so a damaged one is named instead of crashing a reader."""
-    cls = TORCHVISION_CLASSES[source.dataset]
-    if source.dataset == "cifar10":
-        folder = Path(source.data_dir) / cls.base_folder
-        files = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
-        missing = [name for name, _ in files if not (folder / name).exists()]
-        if missing:
-            _download(source, folder, missing)
-        for name, md5 in files:
-            if not check_integrity(str(folder / name), md5):
-                raise DataError(f"{folder / name} fails its integrity check (MD5): delete it so it is downloaded "
-                                "again, or replace it with the original")
-        return
-    folder = Path(source.data_dir) / cls.__name__ / "raw"
-    names = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+def _dataset_files(source: DataSource, train: bool) -> list:
+    """The split's files, downloaded when missing."""
+    folder = Path(source.data_dir) / FOLDERS[source.dataset]
+    names = CIFAR_FILES[train] if source.dataset == "cifar10" else IDX_FILES[train]
     missing = [name for name in names if not (folder / name).exists()]
     if missing:
         _download(source, folder, missing)
-    shapes = {name: _check_idx(folder / name) for name in names}
-    for images, labels in zip(names[0::2], names[1::2]):
-        if shapes[images][0] != shapes[labels][0] or len(shapes[images]) != 3 or len(shapes[labels]) != 1:
-            raise DataError(f"{folder / images} and {folder / labels} do not match ({shapes[images]} images, "
-                            f"{shapes[labels]} labels): delete both so they are downloaded again")
+    return [folder / name for name in names]
 
 
-def _split_folder(source: DataSource, train: bool) -> Path:
-    return Path(source.image_folder) / ("train" if train else "test")
+def _check_dataset_files(source: DataSource, files: list) -> None:
+    """Every file of the split intact: IDX headers and sizes, CIFAR-10's MD5 sums."""
+    if source.dataset == "cifar10":
+        from torchvision.datasets.utils import check_integrity
+
+        cls = torchvision_class("cifar10")
+        sums = dict(cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]])
+        for path in files:
+            if not check_integrity(str(path), sums[path.name]):
+                raise DataError(f"{path} fails its integrity check (MD5): delete it so it is downloaded again, or "
+                                "replace it with the original")
+        return
+    images, labels = (_check_idx(path) for path in files)
+    if images[0] != labels[0] or len(images) != 3 or len(labels) != 1:
+        raise DataError(f"{files[0]} and {files[1]} do not match ({images} images, {labels} labels): delete both "
+                        "so they are downloaded again")
 
 
-def torchvision_dataset(source: DataSource, train: bool, transform=None) -> Dataset:
-    """The split as torchvision reads it; with ToTensor as transform this is the seed's classic input path."""
-    if source.image_folder:
-        channels, size = source.shape
-        folder = _split_folder(source, train)
-        dataset = _image_folder(folder, transform, image_mode(channels))
-        _decode(dataset.samples[0][0], image_mode(channels), size)
-        return dataset
-    _prepare(source)
-    cls = TORCHVISION_CLASSES[source.dataset]
-    return cls(root=source.data_dir, train=train, download=False, transform=transform)
-
-
-class _ConvertTo:
-    """ImageFolder's loader: opens a file in the version's colour mode (picklable for worker processes)."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-
-    def __call__(self, path: str) -> Image.Image:
-        with Image.open(path) as image:
-            return image.convert(self.mode)
-
-
-def _image_folder(folder: Path, transform=None, mode: str = "RGB") -> torchvision.datasets.ImageFolder:
-    try:
-        return torchvision.datasets.ImageFolder(str(folder), transform=transform, loader=_ConvertTo(mode))
-    except (FileNotFoundError, OSError) as error:
-        raise DataError(f"{folder} is not a usable image folder ({error}): it needs one sub-folder of images "
-                        "per class") from None
-
-
-def _decode(path: str, mode: str, size: int) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-        raise DataError(f"{path} cannot be read as an image ({type(error).__name__}): fix or remove it") from None
-    if image.size != (size, size):
-        raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but this version takes {size}x{size} images: "
-                        "resize the folder's images or choose a version of that size")
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
-def _load_image_folder(source: DataSource, train: bool) -> Split:
-    """Decode a folder once, in parallel, and cache the tensors under cache_dir keyed by every file's size and time."""
-    channels, size = source.shape
-    folder = _split_folder(source, train)
-    listing = _image_folder(folder)
-    stats = []
-    for path, _ in listing.samples:
-        status = os.stat(path)
-        stats.append((os.path.relpath(path, folder), status.st_size, status.st_mtime_ns))
-    key = hashlib.sha256(json.dumps([str(folder.resolve()), channels, size, stats]).encode()).hexdigest()[:20]
-    cache = Path(source.cache_dir) / f"imagefolder-{key}.pt" if source.cache_dir else None
-    if cache and cache.exists():
-        try:
-            saved = torch.load(cache, map_location="cpu", weights_only=True)
-            return Split(saved["images"], saved["labels"], list(saved["classes"]))
-        except Exception:
-            pass  # a damaged cache is rebuilt below
-    mode = image_mode(channels)
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        decoded = pool.map(lambda sample: _decode(sample[0], mode, size), listing.samples)
-        arrays = list(progress(decoded, f"Decoding {folder}", total=len(listing.samples)))
-    split = Split(torch.from_numpy(np.stack(arrays)), torch.tensor(listing.targets, dtype=torch.int64),
-                  list(listing.classes))
-    if cache:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cache.with_name(cache.name + ".tmp")
-            torch.save({"images": split.images, "labels": split.labels, "classes": split.classes}, temporary)
-            os.replace(temporary, cache)
-        except OSError:
-            pass  # the cache only saves time; without it the folder is decoded again next run
-    return split
-
-
-def load_split(source: DataSource, train: bool) -> Split:
-    """The whole split as uint8 tensors, pixel for pixel what torchvision's dataset hands to ToTensor."""
-    if source.image_folder:
-        return _load_image_folder(source, train)
-    dataset = torchvision_dataset(source, train)
+def _decode_dataset(source: DataSource, train: bool, files: list) -> Split:
+    _check_dataset_files(source, files)
+    dataset = torchvision_class(source.dataset)(root=source.data_dir, train=train, download=False)
     if source.dataset == "cifar10":
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     else:
         images = dataset.data.unsqueeze(1)
     return Split(images, torch.as_tensor(dataset.targets, dtype=torch.int64), list(dataset.classes))
+
+
+def split_folder(image_folder: str, train: bool) -> Path:
+    return Path(image_folder) / ("train" if train else "test")
+
+
+def _visible(name: str) -> bool:
+    """Hidden entries (.DS_Store, AppleDouble ._files, .ipynb_checkpoints) are never data."""
+    return not name.startswith(".")
+
+
+@lru_cache(maxsize=8)
+def list_image_folder(folder: Path) -> tuple:
+    """(class names, [(path, class index)]) as torchvision's ImageFolder orders them, without hidden entries."""
+    try:
+        classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and _visible(entry.name))
+    except OSError as error:
+        raise DataError(f"{folder} is not a usable image folder ({error.strerror}): it needs one sub-folder of "
+                        "images per class") from None
+    samples = []
+    for index, name in enumerate(classes):
+        for root, dirs, files in sorted(os.walk(folder / name, followlinks=True)):
+            if not all(_visible(part) for part in Path(root).relative_to(folder / name).parts):
+                continue
+            samples += [(os.path.join(root, file), index) for file in sorted(files)
+                        if _visible(file) and file.lower().endswith(IMAGE_EXTENSIONS)]
+    if not samples:
+        raise DataError(f"{folder} holds no images: it needs one sub-folder of images per class")
+    return classes, samples
+
+
+def decode_image(path: str, channels: int, size: int, resize: bool) -> np.ndarray:
+    """One image as uint8 (C, H, W) in the version's colour mode, resized (antialiased, as torchvision's Resize)
+    when asked."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert(image_mode(channels))
+            if resize and image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
+        raise DataError(f"{path} cannot be read as an image ({type(error).__name__}): fix or remove it") from None
+    if image.size != (size, size):
+        raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but this version takes {size}x{size} images: "
+                        "add --resize, or choose a version of that size")
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _decode_folder(source: DataSource, train: bool) -> Split:
+    channels, size = source.shape
+    folder = split_folder(source.image_folder, train)
+    classes, samples = list_image_folder(folder)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        decoded = pool.map(lambda sample: decode_image(sample[0], channels, size, source.resize), samples)
+        try:
+            arrays = list(progress(decoded, f"Decoding {folder}", total=len(samples)))
+        finally:
+            pool.shutdown(cancel_futures=True)
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return Split(torch.from_numpy(np.stack(arrays)), labels, classes)
+
+
+def _cache_key(source: DataSource, train: bool, paths: list) -> str:
+    stats = []
+    for path in paths:
+        status = os.stat(path)
+        stats.append((str(path), status.st_size, status.st_mtime_ns))
+    where = str(Path(source.image_folder or source.data_dir).resolve())
+    fields = [CACHE_FORMAT, source.dataset, where, train, source.shape, source.resize, stats]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:20]
+
+
+def _read_cache(path: Path) -> Split | None:
+    """The cached split, or None when there is none or it is damaged (then it is rebuilt)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return Split(saved["images"], saved["labels"], list(saved["classes"]))
+    except Exception:
+        return None
+
+
+def _write_cache(path: Path, split: Split) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: torch.save({"images": split.images, "labels": split.labels,
+                                                 "classes": split.classes}, f))
+    except OSError:
+        pass  # the cache only saves time; without it the data is decoded again next run
+
+
+def load_split(source: DataSource, train: bool) -> Split:
+    """The whole split as uint8 tensors, from the cache when its source files are unchanged."""
+    if source.image_folder:
+        paths = [path for path, _ in list_image_folder(split_folder(source.image_folder, train))[1]]
+        decode = lambda: _decode_folder(source, train)  # noqa: E731
+    else:
+        paths = _dataset_files(source, train)
+        decode = lambda: _decode_dataset(source, train, paths)  # noqa: E731
+    if not source.cache_dir:
+        return decode()
+    kind = "imagefolder" if source.image_folder else source.dataset
+    cache = Path(source.cache_dir) / f"{kind}-{_cache_key(source, train, paths)}.pt"
+    split = _read_cache(cache)
+    if split is None:
+        split = decode()
+        _write_cache(cache, split)
+    return split
+
+
+def data_identity(source: DataSource) -> dict:
+    """What makes two data sources the same for a run: the dataset, or an image folder's classes and sample
+    counts (its path may change, e.g. on another machine) and whether it is resized."""
+    if not source.image_folder:
+        return {"dataset": source.dataset}
+    listings = [list_image_folder(split_folder(source.image_folder, train)) for train in (True, False)]
+    return {"dataset": source.dataset, "image_folder": {
+        "classes": listings[0][0], "train": len(listings[0][1]), "test": len(listings[1][1]), "resize": source.resize}}
 
 
 def check_classes(train_classes: list, test_classes: list, where: str) -> None:
@@ -225,79 +272,7 @@ def check_classes(train_classes: list, test_classes: list, where: str) -> None:
                         f"use a folder with exactly {CLASSES_PER_MODEL} class folders")
 
 
-class ResidentLoader:
-    """Batches cut from a split kept whole on the device; order from a seeded generator, none when it is None."""
-
-    def __init__(self, split: Split, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
-        self.batch_size = batch_size
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    def __iter__(self):
-        count = len(self.labels)
-        order = None
-        if self.generator is not None:
-            order = torch.randperm(count, generator=self.generator).to(self.labels.device, non_blocking=True)
-        for start in range(0, count, self.batch_size):
-            if order is None:
-                images, labels = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
-            else:
-                index = order[start:start + self.batch_size]
-                images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
-            yield images.to(torch.float32).div(255), labels
-
-
-class SplitDataset(Dataset):
-    """A Split served the way torchvision's datasets serve theirs: a PIL image per item, through a transform."""
-
-    def __init__(self, split: Split, transform=None):
-        self.split = split
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.split.labels)
-
-    def __getitem__(self, index: int):
-        pixels = self.split.images[index].numpy()
-        image = Image.fromarray(pixels[0], mode="L") if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0))
-        return (self.transform(image) if self.transform else image), int(self.split.labels[index])
-
-
-def classic_loader(dataset: Dataset, batch_size: int, device: torch.device, generator: torch.Generator,
-                   shuffle: bool) -> DataLoader:
-    """The seed's loop: PIL and ToTensor in worker processes, every epoch."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=CLASSIC_WORKERS,
-                      pin_memory=device.type == "cuda", generator=generator)
-
-
-def make_loaders(source: DataSource, loader: str, batch_size: int, device: torch.device,
-                 shuffle_generator: torch.Generator, eval_generator: torch.Generator):
-    """Train and test loaders and the class names; the test loader keeps its own generator so it draws nothing
-    from the training's random streams."""
-    if loader == "resident":
-        train, test = load_split(source, True), load_split(source, False)
-        classes = (train.classes, test.classes)
-        loaders = (ResidentLoader(train, batch_size, device, shuffle_generator),
-                   ResidentLoader(test, batch_size, device))
-    else:
-        train = torchvision_dataset(source, True, ToTensor())
-        test = torchvision_dataset(source, False, ToTensor())
-        classes = (list(train.classes), list(test.classes))
-        loaders = (classic_loader(train, batch_size, device, shuffle_generator, shuffle=True),
-                   classic_loader(test, batch_size, device, eval_generator, shuffle=False))
-    check_classes(*classes, source.image_folder or DATASETS[source.dataset].title)
-    return loaders[0], loaders[1], classes[0]
-
-
 def load_image(path: str, channels: int, size: int) -> torch.Tensor:
-    """One user image as the model expects it: converted to the version's colour mode and resized, as ToTensor."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert(image_mode(channels)).resize((size, size), Image.BILINEAR)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-        raise DataError(f"{path} cannot be read as an image ({type(error).__name__}): give an image file") from None
-    return ToTensor()(image)
+    """One user image as the model expects it: converted to the version's colour mode, resized, scaled to [0, 1]
+    as ToTensor does."""
+    return torch.from_numpy(decode_image(path, channels, size, resize=True)).float().div(255)

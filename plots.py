@@ -1,13 +1,12 @@
-"""Pictures of runs: learning curves, the results table's curves and confusion matrices (PNG, no display)."""
-from pathlib import Path
-
+"""Pictures of runs: learning curves, the results table's curves and confusion matrices (PNG, no display).
+Each function renders into a file object, which the run folder's writer then puts in place."""
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(metrics: list, reference_test_acc: float, path: Path, title: str) -> None:
+def plot_curves(metrics: list, reference_test_acc: float | None, f, title: str) -> None:
     """Loss and accuracy by epoch, train against test: the gap between them is the ladder's story."""
     epochs = [row["epoch"] for row in metrics]
     tested = [row for row in metrics if row["test_acc"] is not None]
@@ -16,7 +15,8 @@ def plot_curves(metrics: list, reference_test_acc: float, path: Path, title: str
     loss_axis.plot([row["epoch"] for row in tested], [row["test_loss"] for row in tested], "o-", label="test")
     acc_axis.plot(epochs, [row["train_acc"] for row in metrics], label="train")
     acc_axis.plot([row["epoch"] for row in tested], [row["test_acc"] for row in tested], "o-", label="test")
-    acc_axis.axhline(reference_test_acc, linestyle="--", color="gray", label="seed's test acc")
+    if reference_test_acc is not None:
+        acc_axis.axhline(reference_test_acc, linestyle="--", color="gray", label="reference test acc")
     for axis, name in ((loss_axis, "loss"), (acc_axis, "accuracy")):
         axis.set_xlabel("epoch")
         axis.set_ylabel(name)
@@ -24,11 +24,11 @@ def plot_curves(metrics: list, reference_test_acc: float, path: Path, title: str
         axis.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(f, format="png", dpi=100)
     plt.close(figure)
 
 
-def plot_results(curves: dict, path: Path) -> None:
+def plot_results(curves: dict, f) -> None:
     """Test accuracy by epoch for every version, one panel per dataset. curves: dataset -> {label: (x, y)}."""
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
     for axis, (dataset, lines) in zip(axes[0], curves.items()):
@@ -40,11 +40,11 @@ def plot_results(curves: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(f, format="png", dpi=100)
     plt.close(figure)
 
 
-def plot_confusion(confusion, classes: list, path: Path, title: str) -> None:
+def plot_confusion(confusion, classes: list, f, title: str) -> None:
     figure, axis = plt.subplots(figsize=(7, 6))
     image = axis.imshow(confusion.numpy(), cmap="Blues")
     axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -59,5 +59,5 @@ def plot_confusion(confusion, classes: list, path: Path, title: str) -> None:
     figure.colorbar(image)
     axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(f, format="png", dpi=100)
     plt.close(figure)

@@ -1,93 +1,133 @@
-"""Several runs as one table: a results folder with a run folder per version and seed, results.md/.csv/.png."""
+"""Several runs as one table: a results folder with a run folder per version and seed, and results.md, .csv and
+.png. Running the same command again skips finished runs and resumes unfinished ones; each run's row comes from its
+checkpoint's metrics, cut to the epochs the table asks for."""
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
-import plots
-from configs import DATASETS, VERSIONS
+from configs import VERSIONS
 from errors import RunnerError
-from train import CHECKPOINT, CONFIG, METRICS, RECIPE_FIELDS, RunConfig, epochs_done, fit, read_config, read_metrics
+from records import RunFolder, write_text, atomic_write
+from settings import DATASETS, RunConfig, differences
 
-RUN_FILES = (CONFIG, METRICS, "curves.png", CHECKPOINT, "confusion.png")
+RESULT_FILES = ("results.md", "results.csv", "results.png")
 RESULT_COLUMNS = ["version", "dataset", "params", "epochs", "seeds", "train_acc", "test_acc", "test_acc_std",
-                  "seed_train_acc", "seed_test_acc", "test_delta", "seconds"]
-
-
-def clear_run(run_dir: Path) -> None:
-    """Remove a run's record files (only those: the folder may hold the user's own files too)."""
-    for name in RUN_FILES:
-        for path in (run_dir / name, run_dir / f"{name}.tmp"):
-            path.unlink(missing_ok=True)
+                  "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
 
 
 def run_name(version: int, seed: int, several_seeds: bool) -> str:
     return f"v{version}-seed{seed}" if several_seeds else f"v{version}"
 
 
-def run_table(plan: dict, seeds: list, results_dir: Path, force: bool, quiet: bool) -> None:
-    """Train every version (plan: version -> its settings) for every seed, skipping finished runs and resuming
-    unfinished ones."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    planned = [(RunConfig.for_version(version, **settings, seed=seed),
-                results_dir / run_name(version, seed, len(seeds) > 1))
-               for version, settings in plan.items() for seed in seeds]
-    for cfg, run_dir in planned:
-        version = cfg.version
+def claim_results_folder(path: Path, writer: bool = True) -> None:
+    """A results folder is new, empty, or holds only run folders of ours and results files; anything else is
+    refused before anything is written."""
+    if path.exists():
+        foreign = [entry.name for entry in path.iterdir() if not (
+            entry.name in RESULT_FILES or entry.name.startswith(".")
+            or (entry.is_dir() and (RunFolder(entry).is_ours() or not any(entry.iterdir()))))]
+        if foreign:
+            raise RunnerError(f"{path} is not a results folder (it holds {foreign[0]}, which no run of this tool "
+                              "wrote): give --out a new or empty folder (nothing in it was changed)")
+    elif writer:
+        path.mkdir(parents=True)
+
+
+def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
+    """A run folder of the table must hold the run the table asks for: same recipe (the epochs aside) and identity."""
+    stored = folder.read_config()
+    changes = differences(replace(stored.recipe, epochs=planned.recipe.epochs), planned.recipe) + \
+        differences(stored.identity, planned.identity)
+    if stored.version != planned.version:
+        changes.insert(0, ("version", stored.version, planned.version))
+    if changes:
+        name, theirs, ours = changes[0]
+        raise RunnerError(f"{folder.path} was trained with {name}={theirs!r}, this command asks {ours!r}: use "
+                          "another --out, or --force to start over")
+    done = folder.epochs_done()
+    if planned.fixed_length and 0 < done < planned.recipe.epochs != stored.recipe.epochs:
+        raise RunnerError(f"{folder.path}: version {planned.version}'s schedule spans the {stored.recipe.epochs} "
+                          f"epochs it started with, so it cannot go on to {planned.recipe.epochs}: use another --out")
+
+
+def run_table(planned: list, results_dir: Path, force: bool, train) -> list:
+    """Train every planned (RunConfig, RunFolder) that is not finished, with train(run, folder, resume); then
+    write the results. Returns the table's rows."""
+    for run, folder in planned:
         if force:
-            clear_run(run_dir)
-        if (run_dir / CONFIG).exists():
-            stored = read_config(run_dir)
-            for name in RECIPE_FIELDS:
-                if getattr(stored, name) != getattr(cfg, name):
-                    raise RunnerError(f"{run_dir} was trained with {name}={getattr(stored, name)!r}, this command "
-                                      f"asks {getattr(cfg, name)!r}: use another --out, or --force to start over")
-        done = epochs_done(run_dir)
-        if done >= cfg.epochs:
-            print(f"Version {version}, seed {cfg.seed}: finished ({done} epochs) in {run_dir}; skipped", flush=True)
+            folder.clear()
+        done = 0
+        if folder.has_checkpoint():
+            check_same_run(folder, run)
+            done = folder.epochs_done()
+        if done >= run.recipe.epochs:
+            print(f"Version {run.version}, seed {run.identity.seed}: finished ({done} epochs) in {folder.path}; "
+                  "skipped", flush=True)
             continue
-        row = VERSIONS[version]
-        print(f"\n== Version {version}, seed {cfg.seed}: {DATASETS[row.dataset].title}, {row.model} "
-              f"({'resuming after epoch ' + str(done) if done else 'new'}) -> {run_dir}", flush=True)
-        fit(cfg, run_dir, resume=done > 0, quiet=quiet)
+        if not done:
+            folder.claim(force=True)
+        row = VERSIONS[run.version]
+        print(f"\n== Version {run.version}, seed {run.identity.seed}: {DATASETS[row.dataset].title}, "
+              f"{row.recipe.model} ({'resuming after epoch ' + str(done) if done else 'new'}) -> {folder.path}",
+              flush=True)
+        train(run, folder, done > 0)
         write_results(results_dir, planned)
     rows = write_results(results_dir, planned)
     print("\n" + markdown_table(rows))
+    return rows
 
 
-def finished_runs(planned: list) -> dict:
-    """version -> [(config, metrics)] for the runs that trained all the epochs this table asks for."""
-    runs = {}
-    for planned_cfg, run_dir in planned:
-        if (run_dir / METRICS).exists() and (run_dir / CONFIG).exists():
-            metrics = read_metrics(run_dir / METRICS)
-            if len(metrics) == planned_cfg.epochs:
-                runs.setdefault(planned_cfg.version, []).append((read_config(run_dir), metrics))
-    return runs
+def run_summary(folder: RunFolder, epochs: int) -> dict | None:
+    """A run's numbers at the table's epoch count, from its checkpoint: train accuracy of that epoch, test
+    accuracy of its last tested epoch up to it (the final test-time-augmented one when the run ended there).
+    None while the run has not trained that far."""
+    if not folder.has_checkpoint():
+        return None
+    metrics = folder.load_checkpoint()["metrics"][:epochs]
+    tested = [row for row in metrics if row["test_acc"] is not None]
+    if len(metrics) < epochs or not tested:
+        return None
+    last = tested[-1]
+    final = last["epoch"] == epochs and "final_test_acc" in last
+    return dict(train_acc=metrics[-1]["train_acc"], test_acc=last["final_test_acc"] if final else last["test_acc"],
+                seconds=sum(row["seconds"] for row in metrics) + (last["final_test_seconds"] if final else 0),
+                curve={row["epoch"]: row["test_acc"] for row in tested})
 
 
 def write_results(results_dir: Path, planned: list) -> list:
+    runs = {}
+    for run, folder in planned:
+        summary = run_summary(folder, run.recipe.epochs)
+        if summary:
+            runs.setdefault(run.version, []).append((run, folder, summary))
     rows, curves = [], {}
-    for version, runs in finished_runs(planned).items():
-        cfg, seed_row = runs[0][0], VERSIONS[version]
-        tests = [metrics[-1]["test_acc"] for _, metrics in runs]
-        test_acc = statistics.fmean(tests)
-        dataset = cfg.dataset + (f" (folder: {Path(cfg.image_folder).name})" if cfg.image_folder else "")
+    for version, finished in runs.items():
+        run, folder, _ = finished[0]
+        summaries = [summary for _, _, summary in finished]
+        tests = [summary["test_acc"] for summary in summaries]
+        reference = VERSIONS[version].reference
+        folder_name = run.runtime.image_folder and Path(run.runtime.image_folder).name
         rows.append(dict(
-            version=version, dataset=dataset, params=cfg.params, epochs=cfg.epochs, seeds=len(runs),
-            train_acc=statistics.fmean(metrics[-1]["train_acc"] for _, metrics in runs), test_acc=test_acc,
-            test_acc_std=statistics.stdev(tests) if len(tests) > 1 else None, seed_train_acc=seed_row.seed_train_acc,
-            seed_test_acc=seed_row.seed_test_acc, test_delta=test_acc - seed_row.seed_test_acc,
-            seconds=statistics.fmean(sum(row["seconds"] for row in metrics) for _, metrics in runs)))
-        tested = [i for i, row in enumerate(runs[0][1]) if row["test_acc"] is not None]
-        curves.setdefault(DATASETS[cfg.dataset].title, {})[f"v{version}"] = (
-            [runs[0][1][i]["epoch"] for i in tested],
-            [statistics.fmean(metrics[i]["test_acc"] for _, metrics in runs) for i in tested])
-    lines = [",".join(RESULT_COLUMNS)]
-    for row in rows:
-        lines.append(",".join(format_value(row[name], csv=True) for name in RESULT_COLUMNS))
-    (results_dir / "results.csv").write_text("\n".join(lines) + "\n")
-    (results_dir / "results.md").write_text(markdown_table(rows) + "\n")
+            version=version, dataset=run.dataset + (f" (folder: {folder_name})" if folder_name else ""),
+            params=VERSIONS[version].params, epochs=run.recipe.epochs, seeds=len(finished),
+            train_acc=statistics.fmean(summary["train_acc"] for summary in summaries), test_acc=statistics.fmean(tests),
+            test_acc_std=statistics.stdev(tests) if len(tests) > 1 else None,
+            ref_train_acc=reference[0] if reference else None, ref_test_acc=reference[1] if reference else None,
+            test_delta=statistics.fmean(tests) - reference[1] if reference else None,
+            reference_source=VERSIONS[version].reference_source,
+            seconds=statistics.fmean(summary["seconds"] for summary in summaries)))
+        epochs = sorted({epoch for summary in summaries for epoch in summary["curve"]})
+        curves.setdefault(DATASETS[run.dataset].title, {})[f"v{version}"] = (epochs, [
+            statistics.fmean(summary["curve"][epoch] for summary in summaries if epoch in summary["curve"])
+            for epoch in epochs])
+    lines = [",".join(RESULT_COLUMNS)] + [",".join(format_value(row[name], csv=True) for name in RESULT_COLUMNS)
+                                          for row in rows]
+    write_text(results_dir / "results.csv", "\n".join(lines) + "\n")
+    write_text(results_dir / "results.md", markdown_table(rows) + "\n")
     if curves:
-        plots.plot_results(curves, results_dir / "results.png")
+        import plots
+
+        atomic_write(results_dir / "results.png", lambda f: plots.plot_results(curves, f))
     return rows
 
 
@@ -101,13 +141,16 @@ def format_value(value, csv: bool = False) -> str:
 
 
 def markdown_table(rows: list) -> str:
-    header = ("v", "dataset", "params", "epochs", "seeds", "train acc", "test acc (± std)", "seed's train / test",
+    header = ("v", "dataset", "params", "epochs", "seeds", "train acc", "test acc (± std)", "reference train / test",
               "test Δ", "seconds")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         test = format_value(row["test_acc"]) + (f" ± {row['test_acc_std']:.4f}" if row["test_acc_std"] else "")
+        reference = "" if row["ref_test_acc"] is None else \
+            f"{row['ref_train_acc']:.2f} / {row['ref_test_acc']:.2f}" + (
+                "" if row["reference_source"] == "seed" else f" ({row['reference_source']})")
+        delta = "" if row["test_delta"] is None else f"{row['test_delta']:+.4f}"
         lines.append("| " + " | ".join([
             str(row["version"]), row["dataset"], f"{row['params']:,}", str(row["epochs"]), str(row["seeds"]),
-            format_value(row["train_acc"]), test, f"{row['seed_train_acc']:.2f} / {row['seed_test_acc']:.2f}",
-            f"{row['test_delta']:+.4f}", f"{row['seconds']:.0f}"]) + " |")
+            format_value(row["train_acc"]), test, reference, delta, f"{row['seconds']:.0f}"]) + " |")
     return "\n".join(lines)

@@ -1,17 +1,55 @@
-"""Model families of the ladder, looked up by the name a version row gives."""
+"""Model families of the ladder, looked up by the name a recipe gives, and the input layers a recipe adds."""
+import torch
 from torch import nn
 
+from models.airbench import AirbenchNet
 from models.convnet4 import ConvNet4
+from models.inputs import WHITENING_IMAGES, Normalize, PatchWhitening
 from models.mlp import MLP
 from models.small_convnet import SmallConvNet
 from models.wide_convnet import WideConvNet
 
-MODELS = {cls.__name__: cls for cls in (MLP, SmallConvNet, WideConvNet, ConvNet4)}
+MODELS = {cls.__name__: cls for cls in (MLP, SmallConvNet, WideConvNet, ConvNet4, AirbenchNet)}
 
 
-def build_model(name: str, model_args: dict) -> nn.Module:
-    return MODELS[name](**model_args)
+def build_model(recipe, channels: int) -> nn.Module:
+    """The recipe's model for images of `channels` channels, behind the input layers the recipe asks for. Without
+    input layers it is the bare model, so its state keeps the names older checkpoints have."""
+    layers, model_args = [], dict(recipe.model_args)
+    if recipe.normalize:
+        layers.append(Normalize(channels))
+    if recipe.whitening:
+        whitening = PatchWhitening(channels)
+        layers.append(whitening)
+        model_args["in_channels"] = whitening.conv.out_channels
+    try:
+        model = MODELS[recipe.model](**model_args)
+    except TypeError as error:
+        raise ValueError(f"model {recipe.model} cannot take {model_args} ({error})") from None
+    return nn.Sequential(*layers, model) if layers else model
+
+
+def input_layers(model: nn.Module) -> list:
+    return [module for module in model.modules() if isinstance(module, (Normalize, PatchWhitening))]
+
+
+@torch.no_grad()
+def fit_input_layers(model: nn.Module, train_images: torch.Tensor) -> None:
+    """Fit the input layers, in order, to the training split (uint8 (N, C, H, W)); whitening sees the first
+    WHITENING_IMAGES images as the layers before it make them."""
+    seen = train_images[:WHITENING_IMAGES].float().div(255)
+    for layer in input_layers(model):
+        if isinstance(layer, Normalize):
+            layer.fit(train_images)
+            seen = layer(seen)
+        else:
+            layer.fit(seen)
+
+
+def whitening_layer(model: nn.Module) -> PatchWhitening | None:
+    return next((module for module in model.modules() if isinstance(module, PatchWhitening)), None)
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Every parameter, frozen ones included, as the version table counts them."""
     return sum(p.numel() for p in model.parameters())

@@ -7,17 +7,18 @@ import torchvision
 from torchvision.transforms import ToTensor
 
 from conftest import make_image_folder, make_mnist
-from data import DataSource, ResidentLoader, Split, load_split, make_loaders, torchvision_dataset
+from data import DataSource, Split, load_split
 from errors import DataError
+from loaders import BatchPlan, ResidentLoader, classic_dataset
 
 
 def assert_same_as_torchvision(source: DataSource, train: bool):
     split = load_split(source, train)
-    reference = torchvision_dataset(source, train, ToTensor())
+    reference = classic_dataset(source, train, ToTensor())
     assert len(split.labels) == len(reference) > 0
-    loader = ResidentLoader(split, batch_size=7, device=torch.device("cpu"))
+    loader = ResidentLoader(split, BatchPlan(len(split.labels), 7), torch.device("cpu"))
     index = 0
-    for images, labels in loader:
+    for images, labels, _ in loader.batches():
         for image, label in zip(images, labels):
             expected, expected_label = reference[index]
             assert torch.equal(image, expected), index
@@ -61,8 +62,8 @@ def test_image_folder_cache_is_rebuilt_when_a_file_changes(image_folder, tmp_pat
 
 def sample_orders(generator_seed: int, epochs: int) -> list:
     split = Split(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1), torch.arange(50), [])
-    loader = ResidentLoader(split, 8, torch.device("cpu"), torch.Generator().manual_seed(generator_seed))
-    return [torch.cat([labels for _, labels in loader]).tolist() for _ in range(epochs)]
+    loader = ResidentLoader(split, BatchPlan(50, 8), torch.device("cpu"), torch.Generator().manual_seed(generator_seed))
+    return [torch.cat([labels for _, labels, _ in loader.batches(epoch)]).tolist() for epoch in range(1, epochs + 1)]
 
 
 def test_every_sample_appears_once_per_epoch():
@@ -79,14 +80,14 @@ def test_order_is_reproducible_for_a_seed_and_differs_between_epochs():
 
 def test_batches_keep_the_last_partial_batch():
     split = Split(torch.zeros(50, 1, 2, 2, dtype=torch.uint8), torch.zeros(50, dtype=torch.int64), [])
-    sizes = [len(labels) for _, labels in ResidentLoader(split, 16, torch.device("cpu"))]
+    sizes = [len(labels) for _, labels, _ in ResidentLoader(split, BatchPlan(50, 16), torch.device("cpu")).batches()]
     assert sizes == [16, 16, 16, 2]
 
 
 def test_resident_images_are_divided_by_255_exactly_as_to_tensor():
     values = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
-    images, _ = next(iter(ResidentLoader(Split(values, torch.zeros(1, dtype=torch.int64), []), 1,
-                                         torch.device("cpu"))))
+    images, _, _ = next(ResidentLoader(Split(values, torch.zeros(1, dtype=torch.int64), []), BatchPlan(1, 1),
+                                       torch.device("cpu")).batches())
     assert torch.equal(images, ToTensor()(values[0, 0].numpy()).unsqueeze(0))
 
 
@@ -146,11 +147,10 @@ def test_image_of_the_wrong_size_is_named(image_folder, tmp_path):
         load_split(DataSource("mnist", "unused", str(image_folder), str(tmp_path / "cache")), True)
 
 
-def test_folder_with_the_wrong_class_count_is_refused(tmp_path):
+def test_folder_with_the_wrong_class_count_is_refused(cli, tmp_path):
     folder = make_image_folder(tmp_path / "five", classes=5)
-    with pytest.raises(DataError, match="has 5 classes but the models predict 10"):
-        make_loaders(DataSource("cifar10", "unused", str(folder), str(tmp_path / "cache")), "resident", 8,
-                     torch.device("cpu"), torch.Generator(), torch.Generator())
+    code, _, err = cli("6", "--epochs", 1, "--image-folder", folder, "--out", tmp_path / "run", "--quiet")
+    assert code == 1 and "has 5 classes but the models predict 10" in err
 
 
 def test_dataset_of_the_fake_writer_is_what_torchvision_reads(tmp_path):

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import main
+import records
 import train
 from conftest import ROOT, make_mnist, run_cli
 from data import DataSource, load_split
@@ -44,13 +45,13 @@ def test_a_signal_mid_run_keeps_the_last_epoch_and_the_run_resumes(tmp_path, sig
     assert process.returncode == status, err
     assert "Traceback" not in err
     assert f"python main.py --resume {run}" in err.strip().splitlines()[-1]
-    done = train.load_checkpoint(run / "checkpoint.pt")["epoch"]
+    done = records.load_checkpoint(run / "checkpoint.pt")["epoch"]
     assert done >= 1 and 1 <= out.count("Epoch ") <= done  # every epoch reported finished was kept
     resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run), "--epochs",
                               str(done + 1), "--quiet"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Epoch {done + 1} / {done + 1}" in resumed.stdout
-    assert train.load_checkpoint(run / "checkpoint.pt")["epoch"] == done + 1
+    assert records.load_checkpoint(run / "checkpoint.pt")["epoch"] == done + 1
 
 
 def test_a_table_interrupted_names_the_command_that_continues_it(tmp_path):
@@ -129,18 +130,18 @@ def test_random_bytes_as_a_checkpoint_give_a_checkpoint_error(tmp_path_factory, 
     path = tmp_path_factory.mktemp("fuzz") / "checkpoint.pt"
     path.write_bytes(payload)
     with pytest.raises(RunnerError):
-        train.load_checkpoint(path)
+        records.load_checkpoint(path)
 
 
 def test_damaged_checkpoint_bytes_keep_the_zip_header(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    train.save_checkpoint({name: 0 for name in train.CHECKPOINT_KEYS}, path)
+    records.RunFolder(tmp_path).save_checkpoint({name: 0 for name in records.CHECKPOINT_KEYS})
     data = bytearray(path.read_bytes())
     for offset in range(64, len(data), 97):
         data[offset] ^= 0x5A
     path.write_bytes(bytes(data))
     with pytest.raises(RunnerError):
-        train.load_checkpoint(path)
+        records.load_checkpoint(path)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

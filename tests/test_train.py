@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 
+import records
 import train
 from configs import VERSIONS
 from conftest import make_mnist
@@ -21,7 +22,7 @@ def metrics_of(run_dir):
 
 def train_tiny(cli, data_dir, run_dir, *extra, version="1", epochs=2):
     """A few quick epochs; the learning rate is raised for the tiny data (SGD versions) or kept modest (Adam)."""
-    lr = 0.05 if VERSIONS[int(version)].optimizer == "sgd" else 0.003
+    lr = 0.05 if VERSIONS[int(version)].recipe.optimizer == "sgd" else 0.003
     code, out, err = cli(version, "--epochs", epochs, "--batch-size", 32, "--lr", lr, "--data-dir", data_dir,
                          "--out", run_dir, "--quiet", *extra)
     assert code == 0, err
@@ -45,7 +46,7 @@ def test_a_run_prints_the_seed_output_and_writes_its_record(cli, mnist_dir, tmp_
     assert config["version"] == 1 and config["seed"] == 0 and config["device"] == "cpu"
     assert config["overrides"] == {"epochs": 2, "batch_size": 32, "lr": 0.05}
     assert config["classes"][0] == "0 - zero" and config["torch"] == torch.__version__
-    state = train.load_checkpoint(run / "checkpoint.pt")
+    state = records.load_checkpoint(run / "checkpoint.pt")
     assert state["epoch"] == 2 and state["metrics"][-1]["test_acc"] == float(rows[-1]["test_acc"])
     assert (run / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
@@ -80,8 +81,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(cli, cifar_dir, tmp_
 def test_eval_every_does_not_change_the_trained_weights(cli, cifar_dir, tmp_path):
     train_tiny(cli, cifar_dir, tmp_path / "every", "--eval-every", 1, version="9", epochs=3)
     train_tiny(cli, cifar_dir, tmp_path / "rarely", "--eval-every", 5, version="9", epochs=3)
-    every = train.load_checkpoint(tmp_path / "every" / "checkpoint.pt")["model"]
-    rarely = train.load_checkpoint(tmp_path / "rarely" / "checkpoint.pt")["model"]
+    every = records.load_checkpoint(tmp_path / "every" / "checkpoint.pt")["model"]
+    rarely = records.load_checkpoint(tmp_path / "rarely" / "checkpoint.pt")["model"]
     assert all(torch.equal(every[name], rarely[name]) for name in every)
     assert [row["test_acc"] != "" for row in metrics_of(tmp_path / "rarely")] == [False, False, True]
 
@@ -104,8 +105,8 @@ def test_image_folder_run_end_to_end(cli, image_folder, tmp_path):
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    good = {name: 0 for name in train.CHECKPOINT_KEYS} | {"epoch": 1}
-    train.save_checkpoint(good, path)
+    good = {name: 0 for name in records.CHECKPOINT_KEYS} | {"epoch": 1}
+    records.RunFolder(tmp_path).save_checkpoint(good)
 
     def disk_full(state, f):
         f.write(b"partial")
@@ -113,8 +114,8 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train.torch, "save", disk_full)
     with pytest.raises(OSError):
-        train.save_checkpoint(good | {"epoch": 2}, path)
-    assert train.load_checkpoint(path)["epoch"] == 1
+        records.RunFolder(tmp_path).save_checkpoint(good | {"epoch": 2})
+    assert records.load_checkpoint(path)["epoch"] == 1
 
 
 def test_full_disk_during_a_run_is_one_line(cli, mnist_dir, tmp_path, monkeypatch):
@@ -131,8 +132,8 @@ def test_divergence_stops_with_a_hint_and_keeps_the_last_good_checkpoint(cli, mn
     real_step = train.train_step
     calls = {"count": 0}
 
-    def poisoned(model, optimizer, images, labels, amp):
-        loss, correct = real_step(model, optimizer, images, labels, amp)
+    def poisoned(*args):
+        loss, correct = real_step(*args)
         calls["count"] += 1
         return (loss * float("nan") if calls["count"] > 2 else loss), correct
 
@@ -140,7 +141,7 @@ def test_divergence_stops_with_a_hint_and_keeps_the_last_good_checkpoint(cli, mn
     code, _, err = cli("--resume", tmp_path / "run", "--epochs", 3, "--quiet")
     assert code == 1
     assert "loss became nan in epoch 2" in err and "--lr" in err and "Traceback" not in err
-    assert train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+    assert records.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 
 
 def test_resume_refuses_finished_missing_corrupt_and_foreign_checkpoints(cli, mnist_dir, cifar_dir, tmp_path):
@@ -177,11 +178,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": Payload()}, path, pickle_protocol=2)
     with pytest.raises(CheckpointError, match="could run code"):
-        train.load_checkpoint(path)
+        records.load_checkpoint(path)
     assert "this ran" not in capsys.readouterr().out
     path.write_bytes(pickle.dumps(Payload()))
     with pytest.raises(CheckpointError):
-        train.load_checkpoint(path)
+        records.load_checkpoint(path)
     assert "this ran" not in capsys.readouterr().out
 
 
@@ -201,7 +202,7 @@ def test_table_of_two_versions_writes_results_and_skips_them_next_time(cli, mnis
     with open(table / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["version", "dataset", "params", "epochs", "seeds", "train_acc", "test_acc",
-                             "test_acc_std", "seed_train_acc", "seed_test_acc", "test_delta", "seconds"]
+                             "test_acc_std", "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
     assert [(row["version"], row["params"], row["epochs"]) for row in rows] == [("1", "79510", "2"),
                                                                                  ("3", "9402", "2")]
     assert abs(float(rows[0]["test_delta"]) - (float(rows[0]["test_acc"]) - 0.95)) < 1e-4

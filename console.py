@@ -1,0 +1,69 @@
+"""What a person at the terminal sees and does: progress bars, and Ctrl-C or SIGTERM.
+
+A signal only sets a flag. Every long loop goes through `progress`, which honours the flag between items (training
+steps, test batches, decoded images), so a stop never lands inside a file write, a finalizer or a half-made
+step; the caller then keeps what is finished. A second signal stops at once.
+"""
+import signal
+import sys
+
+from tqdm import tqdm
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Stopped(Exception):
+    """A stop was asked for by a signal; exit_code is 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = EXIT_CODES[signum]
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; `check` raises Stopped once it is set."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def install(self) -> None:
+        self.signum = None
+        for signum in EXIT_CODES:
+            self.previous[signum] = signal.signal(signum, self._on_signal)
+
+    def uninstall(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous.clear()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise Stopped(signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+
+STOP = StopFlag()
+
+
+class progress:
+    """Iterate with a tqdm bar on stderr (shown only to a person watching a terminal), honouring a stop between
+    items; `show` puts values beside the bar."""
+
+    def __init__(self, iterable, description: str, quiet: bool = False, total: int | None = None):
+        self.bar = tqdm(iterable, desc=description, total=total, disable=quiet or not sys.stderr.isatty(),
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def __iter__(self):
+        with self.bar:
+            for item in self.bar:
+                STOP.check()
+                yield item
+            STOP.check()
+
+    def show(self, **values) -> None:
+        self.bar.set_postfix(values, refresh=False)

@@ -1,0 +1,93 @@
+"""The training device: which one, what it supports, its random state, how data gets to it, and the seeds every
+random stream of a run takes."""
+import os
+import random
+import zlib
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; an explicit device must be present (ValueError says why not)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    return device
+
+
+def check_amp(device: torch.device) -> None:
+    """--amp autocasts to bfloat16: refuse (ValueError) a GPU that cannot compute in it."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"--amp: the GPU {device} has no bfloat16 support; run without --amp")
+    if device.type == "mps":
+        try:
+            torch.ones(1, device=device, dtype=torch.bfloat16)
+        except (RuntimeError, TypeError):
+            raise ValueError("--amp: this MPS device has no bfloat16 support (macOS 14 or newer has it); run without "
+                             "--amp") from None
+
+
+def derive_seed(seed: int, *keys) -> int:
+    """A 63-bit seed for one random stream of a run, from the run's seed and the stream's keys (a name, a rank):
+    streams of neighbouring seeds or ranks never coincide, as seed + rank would make them."""
+    words = [seed & 0xFFFFFFFF, seed >> 32] + [zlib.crc32(str(key).encode()) for key in keys]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_process(seed: int, rank: int) -> None:
+    """Seed torch (dropout, initialisation), numpy and Python. Rank 0 takes the run's seed itself, so a single
+    process trains as it always has; other ranks take streams derived from (seed, rank)."""
+    own = seed if rank == 0 else derive_seed(seed, "process", rank)
+    random.seed(own)
+    np.random.seed(derive_seed(own, "numpy") & 0xFFFFFFFF)
+    torch.manual_seed(own)
+
+
+def prepare_torch(threads: int | None, deterministic: bool) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The training device's own generator state (CUDA or MPS); the CPU's is saved with torch's."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def restore_device_rng(device: torch.device, state: torch.Tensor | None) -> None:
+    """Restore onto the device the run trains on now, whatever its index was when the state was saved."""
+    if state is None:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state)
+
+
+def copies_asynchronously(tensor, device: torch.device) -> bool:
+    """A non-blocking copy is safe only from pinned memory to CUDA; from pageable memory, or to MPS, it can
+    hand the model bytes that are not there yet."""
+    return device.type == "cuda" and tensor.is_pinned()
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return tensor.to(device, non_blocking=copies_asynchronously(tensor, device))

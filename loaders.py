@@ -1,0 +1,204 @@
+"""Feeding a model: the resident loader (default) and the classic torchvision DataLoader loop (the reference).
+
+Both follow one batch plan: a permutation per epoch from the shared seed's generator (the test split in order),
+cut into global batches, each process taking its share of every global batch, so across processes every sample is
+seen once per epoch. Each batch comes with its divisor, the share of the global batch this process stands for, so
+that the loss is the mean over the global batch however it is split.
+
+The resident loader keeps the split on the device as uint8 and makes a batch with one gather: random crops from
+the reflect-padded image and horizontal flips are index arithmetic inside that gather, on the device, with no
+per-image Python and no PIL.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data import DataSource, Split, check_classes, image_mode, list_image_folder, load_split, split_folder
+
+CLASSIC_WORKERS = 4
+
+
+@dataclass
+class BatchPlan:
+    """Which samples this process takes in each global batch of an epoch."""
+
+    count: int
+    batch_size: int
+    drop_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.count, self.batch_size)
+        return full + (1 if rest >= self.world_size and not self.drop_last else 0)
+
+    def batches(self, generator: torch.Generator | None) -> list:
+        """[(this process's sample indices, divisor)] for one epoch, shuffled when a generator is given."""
+        order = torch.randperm(self.count, generator=generator) if generator is not None else torch.arange(self.count)
+        plan = []
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            share = batch.tensor_split(self.world_size)[self.rank]
+            plan.append((share, len(batch) / self.world_size))
+        return plan
+
+
+def reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Positions outside [0, size) mirrored back inside, without repeating the edge (as reflect padding)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+class Augmentation:
+    """Per-image random crops (reflect padding) and flips, drawn per epoch for every sample from this process's
+    generator. `alternating` flips a random half of the images in epoch 1 (drawn from `flip_generator`, the same in
+    every process) and all of them in every other epoch after that."""
+
+    def __init__(self, padding: int, flip: str, generator: torch.Generator, flip_generator: torch.Generator):
+        self.padding, self.flip, self.generator = padding, flip, generator
+        self.flip_generator = flip_generator
+        self.first_flips = None
+
+    def draw(self, count: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offsets (count, 2) in [0, 2 * padding], flips (count,)) for this epoch."""
+        offsets = torch.randint(0, 2 * self.padding + 1, (count, 2), generator=self.generator)
+        if self.flip == "random":
+            flips = torch.rand(count, generator=self.generator) < 0.5
+        elif self.flip == "alternating":
+            if self.first_flips is None:
+                self.first_flips = torch.rand(count, generator=self.flip_generator) < 0.5
+            flips = self.first_flips ^ (epoch % 2 == 0)
+        else:
+            flips = torch.zeros(count, dtype=torch.bool)
+        return offsets, flips
+
+
+def gather(images: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor | None = None,
+           flips: torch.Tensor | None = None, padding: int = 0) -> torch.Tensor:
+    """images[index] (uint8), each cropped at its offset from the reflect-padded image and flipped where asked,
+    in one indexing operation. The result has channels-last strides, the layout the conv models run fastest in."""
+    height, width = images.shape[-2:]
+    if offsets is None:
+        return images.index_select(0, index)
+    rows = reflect(offsets[:, :1] - padding + torch.arange(height, device=images.device), height)
+    columns = reflect(offsets[:, 1:] - padding + torch.arange(width, device=images.device), width)
+    columns = torch.where(flips[:, None], columns.flip(1), columns)
+    return images[index[:, None, None], :, rows[:, :, None], columns[:, None, :]].permute(0, 3, 1, 2)
+
+
+class ResidentLoader:
+    """Batches cut from a split kept whole on the device: (images in [0, 1], labels, divisor)."""
+
+    def __init__(self, split: Split, plan: BatchPlan, device: torch.device, shuffle: torch.Generator | None = None,
+                 augmentation: Augmentation | None = None):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.plan, self.shuffle, self.augmentation = plan, shuffle, augmentation
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def batches(self, epoch: int = 1):
+        device = self.labels.device
+        drawn = self.augmentation.draw(len(self.labels), epoch) if self.augmentation else None
+        if drawn:
+            drawn = [tensor.to(device) for tensor in drawn]
+        for index, divisor in self.plan.batches(self.shuffle):
+            index = index.to(device)
+            if drawn:
+                images = gather(self.images, index, drawn[0][index], drawn[1][index], self.augmentation.padding)
+            else:
+                images = gather(self.images, index)
+            yield images.to(torch.float32).div(255), self.labels.index_select(0, index), divisor
+
+
+class _ConvertTo:
+    """A PIL loader that opens a file in the version's colour mode (picklable for worker processes)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, path: str):
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.convert(self.mode)
+
+
+class SplitDataset(Dataset):
+    """A Split served the way torchvision's datasets serve theirs: a PIL image per item, through a transform."""
+
+    def __init__(self, split: Split, transform=None):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        pixels = self.split.images[index].numpy()
+        image = Image.fromarray(pixels[0], mode="L") if pixels.shape[0] == 1 else Image.fromarray(
+            pixels.transpose(1, 2, 0))
+        return (self.transform(image) if self.transform else image), int(self.split.labels[index])
+
+
+def classic_dataset(source: DataSource, train: bool, transform=None) -> Dataset:
+    """The split as torchvision reads it (a torchvision dataset or ImageFolder), through `transform`."""
+    import torchvision
+
+    from data import _dataset_files, _check_dataset_files, torchvision_class
+
+    if not source.image_folder:
+        _check_dataset_files(source, _dataset_files(source, train))
+        return torchvision_class(source.dataset)(root=source.data_dir, train=train, download=False,
+                                                 transform=transform)
+
+    class VisibleImageFolder(torchvision.datasets.ImageFolder):
+        """ImageFolder over the same listing as the resident path: hidden files and folders are not data."""
+
+        def find_classes(self, directory):
+            classes = list_image_folder(split_folder(source.image_folder, train))[0]
+            return classes, {name: index for index, name in enumerate(classes)}
+
+        def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            return list(list_image_folder(split_folder(source.image_folder, train))[1])
+
+    channels = source.shape[0]
+    return VisibleImageFolder(str(split_folder(source.image_folder, train)), transform=transform,
+                              loader=_ConvertTo(image_mode(channels)))
+
+
+class ClassicLoader:
+    """The seed's loop: PIL images through torchvision transforms in worker processes, every epoch."""
+
+    def __init__(self, dataset: Dataset, plan: BatchPlan, device: torch.device,
+                 shuffle: torch.Generator | None, workers_seed: torch.Generator):
+        self.dataset, self.plan, self.shuffle, self.workers_seed = dataset, plan, shuffle, workers_seed
+        self.pin_memory = device.type == "cuda"
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def batches(self, epoch: int = 1):
+        batches = self.plan.batches(self.shuffle)
+        loader = DataLoader(self.dataset, batch_sampler=[index.tolist() for index, _ in batches],
+                            num_workers=CLASSIC_WORKERS, pin_memory=self.pin_memory, generator=self.workers_seed,
+                            persistent_workers=False)
+        for (images, labels), (_, divisor) in zip(loader, batches):
+            yield images, labels, divisor
+
+
+def classic_transform(size: int, padding: int, flip: str, resize: bool):
+    """torchvision's transforms for the classic loop: (Resize,) RandomCrop with reflect padding, RandomHorizontalFlip,
+    ToTensor. Normalisation is the model's first layer, in both loops."""
+    from torchvision import transforms
+
+    steps = [transforms.Resize((size, size))] if resize else []
+    if padding:
+        steps.append(transforms.RandomCrop(size, padding=padding, padding_mode="reflect"))
+    if flip == "random":
+        steps.append(transforms.RandomHorizontalFlip())
+    return transforms.Compose(steps + [transforms.ToTensor()])

@@ -1,0 +1,224 @@
+"""The run folder and its one writer: config.json, metrics.csv, checkpoint.pt and the pictures.
+
+Every file goes to a uniquely named temporary file beside it, is flushed and fsynced, then renamed over the old
+one, so a crash, a full disk or two writers at once never leave half a file. A folder this tool made says so in
+its config.json; --force clears only such folders, and a folder holding anything else is never written to. Only
+the writing process (rank 0 of several) touches the disk; the others hold a RunFolder that writes nothing.
+"""
+import csv
+import json
+import os
+import pickle
+import sys
+import tempfile
+from dataclasses import asdict
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+from errors import CheckpointError, RunnerError
+from settings import TOOL, Recipe, RunConfig, RunIdentity, Runtime, from_record
+
+CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
+CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CURVES, CONFUSION, MISTAKES)
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+CONFIG_FORMAT = 2
+CHECKPOINT_KEYS = {"version", "epoch", "model", "optimizer", "shuffle_rng", "metrics", "classes"}
+FORMAT_1_KEYS = {"version", "dataset", "model", "model_args", "params", "optimizer", "lr", "epochs", "batch_size",
+                 "seed", "device", "loader", "eval_every", "data_dir", "image_folder", "overrides"}
+
+
+def atomic_write(path: Path, write, verify=None) -> None:
+    """write(f) into a unique temporary file beside path, flushed and fsynced, checked by verify(temporary path)
+    when given, then renamed over path."""
+    handle, temporary = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if verify:
+            verify(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def installed_version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Tensors and plain values only (weights_only=True), so a crafted file cannot run code."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist: the run stopped before its first epoch finished; "
+                              "start it again") from None
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "Unsupported" in str(error):
+            raise CheckpointError(f"{path} holds objects other than tensors and numbers, which could run code; "
+                                  "refusing to load it. Use a checkpoint written by this tool") from None
+        raise CheckpointError(f"{path} is damaged ({type(error).__name__}): train again in a new folder, or "
+                              "start over with --force") from None
+    except Exception as error:
+        raise CheckpointError(f"{path} is damaged ({type(error).__name__}): train again in a new folder, or "
+                              "start over with --force") from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
+        raise CheckpointError(f"{path} is not a checkpoint of this tool: train again in a new folder")
+    return state
+
+
+def config_from_record(saved: dict) -> RunConfig:
+    """A RunConfig from config.json. The record is flat (the three settings types share no field name); one of
+    the first release (format 1) lacks the fields added since, which take the version's recipe and the defaults,
+    and its data identity is worked out from the data it names."""
+    from configs import VERSIONS
+
+    recipe = from_record(Recipe, {**asdict(VERSIONS[saved["version"]].recipe), **saved})
+    runtime = from_record(Runtime, saved)
+    if "data" not in saved:
+        from data import DataSource, data_identity
+
+        try:
+            saved = {**saved, "data": data_identity(DataSource(saved["dataset"], runtime.data_dir,
+                                                               runtime.image_folder))}
+        except RunnerError:
+            saved = {**saved, "data": {"dataset": saved["dataset"], "image_folder": {"path": runtime.image_folder}}}
+    return RunConfig(saved["version"], saved["dataset"], recipe, from_record(RunIdentity, saved), runtime,
+                     dict(saved.get("overrides", {})))
+
+
+class RunFolder:
+    """A run's folder; `writer` is False in every process but the one that writes."""
+
+    def __init__(self, path: Path, writer: bool = True):
+        self.path, self.writer = Path(path), writer
+
+    @classmethod
+    def new(cls, parent: Path, name: str, writer: bool = True) -> "RunFolder":
+        """parent/name-YYYYmmdd-HHMMSS, made exclusively (-2, -3 ... when taken), so two runs never share one."""
+        base = Path(parent) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+        if not writer:
+            return cls(base, writer)
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        candidate, suffix = base, 2
+        while True:
+            try:
+                candidate.mkdir()
+                return cls(candidate, writer)
+            except FileExistsError:
+                candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def is_ours(self) -> bool:
+        """A folder this tool made: its config.json says so, or has the first release's exact fields."""
+        try:
+            saved = json.loads((self / CONFIG).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(saved, dict) and (saved.get("tool") == TOOL or FORMAT_1_KEYS <= saved.keys())
+
+    def has_checkpoint(self) -> bool:
+        return (self / CHECKPOINT).exists()
+
+    def claim(self, force: bool) -> None:
+        """Make the folder ready for a new run: a new or empty folder, a run of ours that never finished an epoch,
+        or (with force) any run of ours. Anything else is refused, and nothing in it is touched."""
+        if not self.path.exists() or not any(self.path.iterdir()):
+            if self.writer:
+                self.path.mkdir(parents=True, exist_ok=True)
+            return
+        if not self.is_ours():
+            raise RunnerError(f"{self.path} is not empty and not a run folder: give --out a new or empty folder "
+                              "(nothing in it was changed)")
+        if self.has_checkpoint() and not force:
+            raise RunnerError(f"{self.path} holds a run already: continue it with --resume {self.path}, or add "
+                              "--force to start over")
+        self.clear()
+
+    def clear(self) -> None:
+        """Remove this tool's record files (only those: the folder may hold the user's own files too)."""
+        if not self.writer:
+            return
+        for entry in self.path.iterdir():
+            if entry.name in RUN_FILES or (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                entry.unlink()
+
+    def write_config(self, run: RunConfig, **facts) -> None:
+        """config.json: the run's settings, what it was trained on and with which software."""
+        import torch
+
+        if not self.writer:
+            return
+        record = {"format": CONFIG_FORMAT, "tool": TOOL, "version": run.version, "dataset": run.dataset,
+                  **asdict(run.recipe), **asdict(run.identity), **asdict(run.runtime), "overrides": run.overrides,
+                  **facts, "torch": torch.__version__, "torchvision": installed_version("torchvision"),
+                  "python": sys.version.split()[0], "written": datetime.now().isoformat(timespec="seconds")}
+        write_text(self / CONFIG, json.dumps(record, indent=2) + "\n")
+
+    def read_record(self) -> dict:
+        path = self / CONFIG
+        try:
+            saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not an object")
+            return saved
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path} is not a run folder (no {CONFIG}): give a folder made by a run") \
+                from None
+        except ValueError as error:
+            raise CheckpointError(f"{path} is damaged ({error}); the run's checkpoint is kept: train again in a new "
+                                  "folder") from None
+
+    def read_config(self) -> RunConfig:
+        try:
+            return config_from_record(self.read_record())
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{self / CONFIG} is damaged ({type(error).__name__}: {error}); the run's "
+                                  "checkpoint is kept: train again in a new folder") from None
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Written beside the old checkpoint and read back before it replaces it."""
+        import torch
+
+        if self.writer:
+            atomic_write(self / CHECKPOINT, lambda f: torch.save(state, f), verify=load_checkpoint)
+
+    def load_checkpoint(self) -> dict:
+        return load_checkpoint(self / CHECKPOINT)
+
+    def epochs_done(self) -> int:
+        return int(self.load_checkpoint()["epoch"]) if self.has_checkpoint() else 0
+
+    def write_metrics(self, metrics: list) -> None:
+        if not self.writer:
+            return
+        lines = [",".join(METRIC_COLUMNS)]
+        for row in metrics:
+            lines.append(",".join("" if row.get(name) is None else repr(row[name]) for name in METRIC_COLUMNS))
+        write_text(self / METRICS, "\n".join(lines) + "\n")
+
+    def write_picture(self, name: str, draw) -> None:
+        """draw(f) renders a PNG into the file object f."""
+        if self.writer:
+            atomic_write(self / name, draw)
+
+
+def read_metrics(path: Path) -> list:
+    with open(path, newline="") as f:
+        return [{name: (float(value) if value else None) for name, value in row.items()} for row in csv.DictReader(f)]

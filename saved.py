@@ -1,0 +1,57 @@
+"""A saved run put to use: test it again (eval) or classify images with it (predict), with the test-time
+augmentation of its recipe."""
+import torch
+from torch import nn
+
+import plots
+from data import DataSource, check_classes, load_image, load_split
+from errors import CheckpointError
+from loaders import BatchPlan, ResidentLoader
+from models import build_model
+from records import CONFUSION, RunFolder
+from settings import DATASETS, RunConfig
+from train import TTA_NAMES, evaluate, tta_output, uses_channels_last
+
+
+def load_trained(folder: RunFolder, device: torch.device) -> tuple[RunConfig, nn.Module, list]:
+    """A saved run's config, its model with the last checkpoint's weights (in eval mode), and its class names."""
+    run = folder.read_config()
+    state = folder.load_checkpoint()
+    model = build_model(run.recipe, DATASETS[run.dataset].channels)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{folder.path / 'checkpoint.pt'} does not fit version {run.version}'s model "
+                              f"({type(error).__name__}): train again in a new folder") from None
+    model = model.to(device).eval()
+    if uses_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)
+    return run, model, list(state["classes"])
+
+
+def evaluate_run(folder: RunFolder, device: torch.device, source: DataSource, quiet: bool) -> dict:
+    """Test a saved run on its test split: loss, accuracy, per-class accuracy, and confusion.png."""
+    run, model, classes = load_trained(folder, device)
+    test = load_split(source, train=False)
+    check_classes(classes, test.classes, source.name)
+    loader = ResidentLoader(test, BatchPlan(len(test.labels), run.recipe.batch_size), device)
+    result = evaluate(model, loader, device, False, quiet, len(classes), tta=run.recipe.tta)
+    per_class = (result.confusion.diag() / result.confusion.sum(dim=1).clamp(min=1)).tolist()
+    folder.write_picture(CONFUSION, lambda f: plots.plot_confusion(result.confusion, classes, f,
+                                                                   f"Version {run.version}"))
+    return dict(loss=result.loss, accuracy=result.accuracy, per_class=dict(zip(classes, per_class)),
+                tta=TTA_NAMES.get(run.recipe.tta))
+
+
+@torch.no_grad()
+def predict(folder: RunFolder, images: list, device: torch.device, top: int = 3) -> list:
+    """The top classes with probabilities for each image file, resized to the model's input."""
+    run, model, classes = load_trained(folder, device)
+    channels, size = DATASETS[run.dataset].channels, DATASETS[run.dataset].size
+    batch = torch.stack([load_image(path, channels, size) for path in images]).to(device)
+    if uses_channels_last(model):
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    probabilities = tta_output(model, batch, run.recipe.tta).exp()
+    best = probabilities.topk(min(top, len(classes)), dim=1)
+    return [[(classes[index], value) for value, index in zip(values.tolist(), indices.tolist())]
+            for values, indices in zip(best.values, best.indices)]

@@ -1,0 +1,212 @@
+"""The three kinds of settings a run has, as types, and the command-line flags that follow from them.
+
+- Recipe: what a version's row fixes (model, optimizer, loss, batch, epochs, schedule, augmentation, weight
+  averaging, test-time augmentation). Its defaults are the seed's recipe, so rows 1-9 name only what differs.
+- RunIdentity: what is fixed once a run has started; a results folder refuses a run whose identity differs.
+- Runtime: what may change when a run is resumed, even on another machine.
+
+A field with `option(...)` metadata gets a command-line flag; a Recipe field marked `grows=True` is the only part
+of a recipe that --resume may change (upwards). Nothing else lists field names: the parser, the resume rules and
+the results folder's comparison all read these types. This module imports no torch, so usage errors stay fast.
+"""
+import argparse
+import math
+import re
+from dataclasses import MISSING, dataclass, field, fields
+
+TOOL = "basic-image-classification"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    title: str
+    channels: int
+    size: int
+
+
+DATASETS = {
+    "mnist": Dataset("MNIST", 1, 28),
+    "fashion_mnist": Dataset("Fashion-MNIST", 1, 28),
+    "cifar10": Dataset("CIFAR-10", 3, 32),
+}
+
+
+def whole_number(text: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"{low} or more" if high is None else f"between {low} and {high}"
+        raise argparse.ArgumentTypeError(f"'{text}' must be {bounds}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def seed_number(text: str) -> int:
+    return whole_number(text, 0, 2 ** 63 - 1)
+
+
+def learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number above 0")
+    return value
+
+
+def device_name(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a device: use auto, cpu, cuda, cuda:K or mps")
+    return text
+
+
+def option(flag: str, help: str, parse=None, metavar: str = "N", choices: tuple = (), grows: bool = False) -> dict:
+    """Field metadata: the field is set by `flag` (a switch when parse and choices are both empty)."""
+    return {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "choices": choices, "grows": grows}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a version trains. Learning rates are PyTorch's, for a loss averaged over the batch."""
+
+    model: str
+    model_args: dict = field(default_factory=dict)
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = field(default=0.01, metadata=option(
+        "--lr", "learning rate; the peak of a schedule (recipe: see list)", learning_rate, "X"))
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0  # PyTorch's (coupled) weight decay of the main parameter group
+    norm_bias_lr_scale: float = 1.0  # BatchNorm biases learn this much faster, with the same decay per step
+    label_smoothing: float = 0.0
+    batch_size: int = field(default=64, metadata=option("--batch-size", "batch size (recipe: see list)",
+                                                        positive_int))
+    drop_last: bool = False  # drop the last partial batch of each epoch
+    epochs: int = field(default=25, metadata=option(
+        "--epochs", "epochs to train; with --resume a larger N extends a finished run", positive_int, grows=True))
+    warmup_start: float = 1.0  # learning-rate factor at the first step, rising linearly to 1 ...
+    warmup_fraction: float = 0.0  # ... over this fraction of all steps,
+    final_lr_factor: float = 1.0  # then falling linearly to this factor at the last step
+    normalize: bool = False  # per-channel mean and std of the training split, as the model's first layer
+    whitening: bool = False  # a frozen 2x2 patch-whitening convolution (and GELU) in front of the model
+    whitening_bias_epochs: int = 3  # its bias trains only during these first epochs
+    crop_padding: int = 0  # random crop from the image reflect-padded by this many pixels
+    flip: str = "none"  # none | random (each image, each epoch) | alternating (a random half, then all, in turn)
+    lookahead_from: int = 0  # from this epoch on, lookahead weight averaging every 5 steps (0: off)
+    tta: str = "none"  # test-time augmentation of the final test: none | mirror | mirror+shift
+
+    @property
+    def scheduled(self) -> bool:
+        return self.warmup_start != 1.0 or self.final_lr_factor != 1.0
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run keeps from start to end; `data` describes the data source (set when the data is known)."""
+
+    seed: int = field(default=0, metadata=option("--seed", "seed for torch, numpy and python (default 0)",
+                                                 seed_number))
+    loader: str = field(default="resident", metadata=option(
+        "--loader", "resident: whole dataset on the device (default); torchvision: the classic DataLoader",
+        metavar="L", choices=("resident", "torchvision")))
+    amp: bool = field(default=False, metadata=option("--amp", "bfloat16 autocast (changes numerics)"))
+    deterministic: bool = field(default=False, metadata=option(
+        "--deterministic", "torch's deterministic algorithms (CUDA: slower, repeatable)"))
+    resize: bool = field(default=False, metadata=option(
+        "--resize", "resize an image folder's images to the version's size (antialiased) as they are decoded"))
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How and where a run executes: free to change on --resume."""
+
+    device: str = field(default="auto", metadata=option("--device", "auto (default), cpu, cuda, cuda:K or mps",
+                                                        device_name, "D"))
+    threads: int | None = field(default=None, metadata=option("--threads", "CPU threads for torch", positive_int))
+    data_dir: str = field(default="data", metadata=option(
+        "--data-dir", "where datasets are found or downloaded (default ./data)", str, "DIR"))
+    image_folder: str | None = field(default=None, metadata=option(
+        "--image-folder", "use DIR/train/<class>/* and DIR/test/<class>/* instead of the version's dataset", str,
+        "DIR"))
+    cache_dir: str | None = field(default=None, metadata=option(
+        "--cache-dir", "decoded datasets and image folders (default: see README)", str, "DIR"))
+    eval_every: int = field(default=1, metadata=option(
+        "--eval-every", "test every K epochs (default 1; the last epoch is always tested)", positive_int, "K"))
+    compile: bool = field(default=False, metadata=option("--compile", "torch.compile the model"))
+    quiet: bool = field(default=False, metadata=option("--quiet", "no progress bars"))
+    rank: int = 0
+    world_size: int = 1
+
+
+SETTINGS = (Recipe, RunIdentity, Runtime)
+
+
+@dataclass(frozen=True)
+class Version:
+    """A row of the ladder: its dataset, recipe, exact parameter count and the accuracies it is compared with."""
+
+    number: int
+    dataset: str
+    recipe: Recipe
+    params: int
+    reference: tuple | None  # (train accuracy, test accuracy); None until a run of ours measured it
+    remark: str
+    reference_source: str = "seed"  # seed: the seed's published numbers; ours: a run of ours (see README)
+
+
+def flag_fields(kind: type) -> list:
+    """The fields of a settings type that a command-line flag sets."""
+    return [f for f in fields(kind) if "flag" in f.metadata]
+
+
+def resumable_names() -> set:
+    """Destinations of the flags that --resume accepts: every runtime flag and the recipe fields that may grow."""
+    return {f.name for f in flag_fields(Runtime)} | {f.name for f in flag_fields(Recipe) if f.metadata["grows"]}
+
+
+def given(kind: type, values: dict) -> dict:
+    """The flags of `kind` that were given (not None) among parsed values."""
+    return {f.name: values[f.name] for f in flag_fields(kind) if values.get(f.name) not in (None, False)}
+
+
+def from_record(kind: type, record: dict, **defaults):
+    """A settings object from a saved dict: unknown keys are ignored, missing ones take their defaults, so
+    records written before a field existed still load."""
+    known = {f.name for f in fields(kind)}
+    values = {**defaults, **{name: value for name, value in record.items() if name in known}}
+    required = [f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise KeyError(f"{kind.__name__} lacks {', '.join(missing)}")
+    return kind(**values)
+
+
+def differences(ours, theirs) -> list:
+    """(name, ours, theirs) for every field where two settings objects of one type differ."""
+    return [(f.name, getattr(ours, f.name), getattr(theirs, f.name)) for f in fields(ours)
+            if getattr(ours, f.name) != getattr(theirs, f.name)]
+
+
+
+@dataclass
+class RunConfig:
+    """One run: a version's recipe with the overrides given, its identity and its runtime."""
+
+    version: int
+    dataset: str
+    recipe: Recipe
+    identity: RunIdentity
+    runtime: Runtime
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def fixed_length(self) -> bool:
+        """A schedule or lookahead spans the run's steps, so its epochs cannot change once it has started."""
+        return self.recipe.scheduled or self.recipe.lookahead_from > 0

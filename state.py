@@ -1,0 +1,166 @@
+"""The training state: model, optimizer, learning-rate schedule, weight average, the named random generators,
+epoch, step and metrics, in one object whose state_dict is the checkpoint.
+
+Checkpoints carry a format number. Format 1 (the first release) had fixed keys; it still loads, with defaults for
+what it lacks. Random streams: `shuffle` orders the batches and is shared by every process; `augment` and torch's
+own generator (dropout) belong to each process and are saved per process, as is the training device's generator.
+"""
+import math
+
+import torch
+from torch import nn
+
+from devices import derive_seed, device_rng_state, restore_device_rng
+from models import whitening_layer
+from settings import Recipe
+
+FORMAT = 2
+LOOKAHEAD_EVERY = 5
+
+
+def parameter_groups(recipe: Recipe, model: nn.Module) -> list:
+    """One group of every trainable parameter, or, when BatchNorm biases learn faster, those biases in a group of
+    their own whose weight decay is divided by the same factor, so both decay the same amount per step."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    scale = recipe.norm_bias_lr_scale
+    if scale == 1:
+        return [dict(params=trainable, peak_lr=recipe.lr, weight_decay=recipe.weight_decay)]
+    biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and m.bias is not None and m.bias.requires_grad}
+    return [dict(params=[p for p in trainable if id(p) in biases], peak_lr=recipe.lr * scale,
+                 weight_decay=recipe.weight_decay / scale),
+            dict(params=[p for p in trainable if id(p) not in biases], peak_lr=recipe.lr,
+                 weight_decay=recipe.weight_decay)]
+
+
+def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    groups = [dict(group, lr=group["peak_lr"]) for group in parameter_groups(recipe, model)]
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    return torch.optim.SGD(groups, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def lr_factor(recipe: Recipe, step: int, total: int) -> float:
+    """The schedule's factor for optimizer step `step` (from 0) of `total`: linear from warmup_start to 1 over
+    warmup_fraction of the steps, then linear to final_lr_factor at the last step."""
+    warm = int(recipe.warmup_fraction * total)
+    if step < warm:
+        return recipe.warmup_start + (1 - recipe.warmup_start) * step / warm
+    return 1 + (recipe.final_lr_factor - 1) * (step - warm) / max(total - warm, 1)
+
+
+def lookahead_decay(step: int, total: int) -> float:
+    return 0.95 ** LOOKAHEAD_EVERY * (step / total) ** 3
+
+
+class TrainingState:
+    """Everything a run changes as it trains. `model` is the bare model (its weights are what is saved);
+    `step_model` is what the loop calls (compiled or wrapped for several processes)."""
+
+    def __init__(self, version: int, recipe: Recipe, model: nn.Module, device: torch.device, seed: int,
+                 steps_per_epoch: int, rank: int = 0):
+        self.version, self.recipe, self.model, self.device = version, recipe, model, device
+        self.step_model = model
+        self.optimizer = make_optimizer(recipe, model)
+        self.rank = rank
+        self.generators = {"shuffle": torch.Generator().manual_seed(seed),
+                           "augment": torch.Generator().manual_seed(derive_seed(seed, "augment", rank)),
+                           "flip": torch.Generator().manual_seed(derive_seed(seed, "flip")),
+                           "workers": torch.Generator().manual_seed(derive_seed(seed, "workers", rank))}
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = self.step = 0
+        self.metrics, self.classes = [], []
+        self.first_loss = None
+        self.average = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.recipe.epochs * self.steps_per_epoch
+
+    def begin_step(self) -> None:
+        """Set every group's learning rate for the coming step."""
+        factor = lr_factor(self.recipe, self.step, self.total_steps) if self.recipe.scheduled else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * factor
+
+    @property
+    def lr(self) -> float:
+        """The main group's current learning rate."""
+        return self.optimizer.param_groups[-1]["lr"]
+
+    def frozen_parameters(self) -> list:
+        """Parameters that take no update this epoch: the whitening bias after its epochs."""
+        whitening = whitening_layer(self.model)
+        if whitening is not None and self.epoch >= self.recipe.whitening_bias_epochs:
+            return [whitening.conv.bias]
+        return []
+
+    def end_step(self) -> None:
+        """Count the step; lookahead averages the weights every few steps from its first epoch, and at the very
+        last step the average becomes the weights."""
+        self.step += 1
+        if not self.recipe.lookahead_from or self.epoch + 1 < self.recipe.lookahead_from:
+            return
+        if self.average is None:
+            self.average = {name: value.detach().clone() for name, value in self.model.state_dict().items()
+                            if value.is_floating_point()}
+        if self.step % LOOKAHEAD_EVERY == 0:
+            self._lookahead(lookahead_decay(self.step, self.total_steps))
+        if self.step == self.total_steps:
+            self._lookahead(1.0)
+
+    @torch.no_grad()
+    def _lookahead(self, decay: float) -> None:
+        weights = self.model.state_dict()
+        for name, average in self.average.items():
+            average.lerp_(weights[name], 1 - decay)
+            weights[name].copy_(average)
+
+    def process_rng(self) -> dict:
+        return {"torch": torch.get_rng_state(), "device": device_rng_state(self.device),
+                "augment": self.generators["augment"].get_state(), "workers": self.generators["workers"].get_state()}
+
+    def restore_process_rng(self, saved: dict) -> None:
+        torch.set_rng_state(saved["torch"])
+        restore_device_rng(self.device, saved.get("device"))
+        for name in ("augment", "workers"):
+            if name in saved:
+                self.generators[name].set_state(saved[name])
+
+    def state_dict(self, processes: list | None = None) -> dict:
+        """The checkpoint; `processes` holds every process's random state (default: this one's)."""
+        return {"format": FORMAT, "version": self.version, "epoch": self.epoch, "step": self.step,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "average": self.average, "shuffle_rng": self.generators["shuffle"].get_state(),
+                "processes": processes or [self.process_rng()], "metrics": self.metrics, "classes": self.classes,
+                "first_loss": self.first_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a checkpoint of format 1 or 2; raises KeyError, ValueError or RuntimeError when it does not fit."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, fresh in zip(self.optimizer.param_groups, parameter_groups(self.recipe, self.model)):
+            group["peak_lr"] = fresh["peak_lr"]
+        self.epoch = int(state["epoch"])
+        self.step = int(state.get("step", self.epoch * self.steps_per_epoch))
+        self.metrics, self.classes = list(state["metrics"]), list(state["classes"])
+        self.first_loss = state.get("first_loss")
+        self.average = state.get("average")
+        if self.average is not None:
+            self.average = {name: value.to(self.device) for name, value in self.average.items()}
+        self.generators["shuffle"].set_state(state["shuffle_rng"])
+        processes = state.get("processes") or [{"torch": state["torch_rng"]}]
+        if self.rank < len(processes):
+            self.restore_process_rng(processes[self.rank])
+
+    def diverged(self, loss: float, accuracy: float, classes: int) -> str | None:
+        """Why the run diverged, or None: a loss that is not finite, or one that exploded (over 100 times the
+        first measured) while accuracy fell to chance."""
+        if not math.isfinite(loss):
+            return f"the loss became {loss}"
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif loss > 100 * self.first_loss and accuracy <= 1.5 / classes:
+            return f"the loss exploded to {loss:.4g} (over 100 times its first value, {self.first_loss:.4g}) " \
+                   f"and accuracy fell to chance ({accuracy:.2f})"
+        return None
