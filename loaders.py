@@ -9,13 +9,12 @@ The resident loader keeps the split on the device as uint8 and makes a batch wit
 the reflect-padded image and horizontal flips are index arithmetic inside that gather, on the device, with no
 per-image Python and no PIL.
 """
-import math
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data import DataSource, Split, check_classes, image_mode, list_image_folder, load_split, split_folder
+from data import DataSource, Split, image_mode, list_image_folder, split_folder
 
 CLASSIC_WORKERS = 4
 

@@ -15,7 +15,7 @@ from torch import nn
 
 import distributed
 from console import progress
-from data import DataSource, check_classes, data_identity, load_split
+from data import DataSource, check_classes, load_split
 from devices import prepare_torch, resolve_device, seed_process, to_device
 from errors import CheckpointError, RunnerError
 from loaders import Augmentation, BatchPlan, ClassicLoader, ResidentLoader, classic_dataset, classic_transform

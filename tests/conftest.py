@@ -89,6 +89,12 @@ def make_image_folder(root: Path, channels: int = 3, size: int = 32, train: int 
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory) -> None:
+    """Decoded datasets go to a cache of the test session, never to the user's, also from child processes."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def mnist_dir(tmp_path: Path) -> Path:
     """MNIST and Fashion-MNIST, both tiny."""

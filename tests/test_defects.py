@@ -12,7 +12,7 @@ import devices
 import loaders
 import records
 import train
-from conftest import make_image_folder, make_mnist
+from conftest import make_image_folder
 from test_train import metrics_of, train_tiny
 
 

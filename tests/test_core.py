@@ -1,0 +1,149 @@
+"""The core's contracts: run folders of the first release (format 1) still load, resume and evaluate; settings
+follow from their types; a signal at any point (a checkpoint write, a test pass, an image-folder decode) stops
+cleanly in a real process, keeping every finished epoch."""
+import csv
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+import main
+import records
+from conftest import ROOT, make_image_folder, make_mnist
+from settings import Recipe, RunIdentity, Runtime, flag_fields, resumable_names
+
+FIXTURE = ROOT / "tests" / "fixtures" / "format1-v3"
+
+
+def test_a_format_1_run_folder_loads_resumes_and_evaluates(cli, tmp_path):
+    """The fixture was made by the first release: `main.py 3 --epochs 2 --batch-size 32 --lr 0.05` on the tiny
+    Fashion-MNIST of conftest; the same release trained 4 epochs into format1-v3-4-epochs.csv."""
+    run = tmp_path / "old run"
+    shutil.copytree(FIXTURE, run)
+    data = make_mnist(tmp_path / "data", "FashionMNIST")
+    loaded = records.RunFolder(run).read_config()
+    assert (loaded.version, loaded.recipe.model, loaded.recipe.lr, loaded.identity.data) == \
+        (3, "SmallConvNet", 0.05, {"dataset": "fashion_mnist"})
+    code, out, err = cli("--resume", run, "--epochs", 4, "--data-dir", data, "--quiet")
+    assert code == 0, err
+    with open(run / "metrics.csv", newline="") as f:
+        resumed = list(csv.DictReader(f))
+    with open(ROOT / "tests" / "fixtures" / "format1-v3-4-epochs.csv", newline="") as f:
+        expected = list(csv.DictReader(f))
+    assert len(resumed) == 4
+    for ours, theirs in zip(resumed, expected):
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert float(ours[name]) == pytest.approx(float(theirs[name]), abs=1e-5), (ours["epoch"], name)
+    code, out, err = cli("eval", run, "--data-dir", data, "--quiet")
+    assert code == 0, err
+    assert out.startswith(f"Test Loss: {float(resumed[-1]['test_loss']):.4f} | Test Acc: "
+                          f"{float(resumed[-1]['test_acc']):.4f}")
+
+
+def test_a_damaged_config_never_advises_deleting_a_run_whose_checkpoint_loads(cli, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    (run / "config.json").write_text("{ half a file")
+    code, _, err = cli("eval", run)
+    assert code == 1 and "damaged" in err and "checkpoint is kept" in err and "delete" not in err
+
+
+def test_flags_follow_from_the_settings_types():
+    parser = main.build_parser()
+    destinations = {action.dest for action in parser._actions}
+    for kind in (Recipe, RunIdentity, Runtime):
+        assert {f.name for f in flag_fields(kind)} <= destinations
+    assert resumable_names() == {f.name for f in flag_fields(Runtime)} | {"epochs"}
+    assert not {"seed", "loader", "amp", "lr", "batch_size"} & resumable_names()
+    names = [f.name for kind in (Recipe, RunIdentity, Runtime) for f in fields(kind)]
+    assert len(names) == len(set(names))  # config.json is flat: no field name may repeat across the types
+
+
+CHILD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import {module} as target
+real, calls = target.{function}, []
+
+def patched(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == {at}:
+        for _ in range({times}):
+            os.kill(os.getpid(), signal.{signal})
+    return real(*args, **kwargs)
+
+target.{function} = patched
+import main
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def child(tmp_path):
+    """Start main.py in a real process with a signal sent to itself on the at-th call of module.function; the
+    process is always reaped, even when the test fails."""
+    processes = []
+
+    def start(module: str, function: str, at: int, signum: str, *argv, times: int = 1):
+        code = CHILD.format(root=str(ROOT), module=module, function=function, at=at, signal=signum, times=times)
+        process = subprocess.Popen([sys.executable, "-c", code, *map(str, argv), "--quiet", "--threads", "1"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        processes.append(process)
+        out, err = process.communicate(timeout=180)
+        return process.returncode, out, err
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def resume(run, epochs: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run), "--epochs", str(epochs),
+                           "--quiet"], capture_output=True, text=True, timeout=180)
+
+
+def test_a_signal_during_a_checkpoint_write_keeps_that_epoch(child, tmp_path):
+    data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
+    code, out, err = child("records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 5, "--data-dir", data,
+                           "--out", run)
+    assert code == 130 and "Traceback" not in err, err
+    assert records.load_checkpoint(run / "checkpoint.pt")["epoch"] == 1 and out.count("Epoch 1 / 5") == 1
+    assert not [entry for entry in run.iterdir() if entry.name.endswith(".tmp")]
+    assert err.strip().splitlines()[-1].endswith(f"Continue with: python main.py --resume {run}")
+    finished = resume(run, 5)
+    assert finished.returncode == 0, finished.stderr
+    assert [line.split(" |")[0] for line in finished.stdout.splitlines() if line.startswith("Epoch")] == \
+        [f"Epoch {epoch} / 5" for epoch in range(2, 6)]
+
+
+def test_a_signal_during_a_test_pass_keeps_the_epoch_before(child, tmp_path):
+    data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
+    test_batches = -(-100 // 32)
+    code, out, err = child("train", "tta_output", test_batches + 2, "SIGTERM", "1", "--epochs", 4,
+                           "--batch-size", 32, "--data-dir", data, "--out", run)
+    assert code == 143 and "Traceback" not in err, err
+    assert records.load_checkpoint(run / "checkpoint.pt")["epoch"] == 1 and "Epoch 2" not in out
+    assert resume(run, 4).returncode == 0
+
+
+def test_a_signal_during_an_image_folder_decode_stops_and_the_same_command_starts_again(child, tmp_path):
+    folder, run = make_image_folder(tmp_path / "images"), tmp_path / "run"
+    argv = ("7", "--epochs", 1, "--image-folder", folder, "--out", run, "--cache-dir", tmp_path / "cache")
+    code, out, err = child("data", "decode_image", 5, "SIGINT", *argv)
+    assert code == 130 and "Traceback" not in err, err
+    assert "start the run again" in err and "Training..." not in out
+    assert not list((tmp_path / "cache").glob("*.pt"))
+    again = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, argv), "--quiet"], capture_output=True,
+                           text=True, timeout=180)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_second_signal_stops_at_once(child, tmp_path):
+    data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
+    code, _, err = child("train", "train_step", 3, "SIGINT", "1", "--epochs", 2, "--data-dir", data, "--out", run,
+                         times=2)
+    assert code == 130 and "Traceback" not in err, err
