@@ -6,6 +6,7 @@ from torch import nn
 
 WHITENING_IMAGES = 5000
 WHITENING_EPS = 5e-4
+MIN_STD = 1 / 255  # a channel that varies by less than one grey level is taken as constant, never divided by 0
 
 
 class Normalize(nn.Module):
@@ -28,7 +29,8 @@ class Normalize(nn.Module):
             squares += pixels.square().sum(dim=(0, 2, 3))
         mean = total / count
         self.mean.copy_(mean.view(-1, 1, 1))
-        self.std.copy_((squares / count - mean.square()).clamp(min=0).sqrt().view(-1, 1, 1))
+        std = (squares / count - mean.square()).clamp(min=0).sqrt()
+        self.std.copy_(std.clamp(min=MIN_STD).view(-1, 1, 1))
 
     def forward(self, x):
         return (x - self.mean) / self.std
