@@ -26,7 +26,7 @@ def test_a_format_1_run_folder_loads_resumes_and_evaluates(cli, tmp_path):
     loaded = records.RunFolder(run).read_config()
     assert (loaded.version, loaded.recipe.model, loaded.recipe.lr, loaded.identity.data) == \
         (3, "SmallConvNet", 0.05, {"dataset": "fashion_mnist"})
-    code, out, err = cli("--resume", run, "--epochs", 4, "--data-dir", data, "--quiet")
+    code, out, err = cli("--resume", run, "--epochs", 4, "--data-dir", data, "--device", "cpu", "--quiet")
     assert code == 0, err
     with open(run / "metrics.csv", newline="") as f:
         resumed = list(csv.DictReader(f))
@@ -36,7 +36,7 @@ def test_a_format_1_run_folder_loads_resumes_and_evaluates(cli, tmp_path):
     for ours, theirs in zip(resumed, expected):
         for name in ("train_loss", "train_acc", "test_loss", "test_acc"):
             assert float(ours[name]) == pytest.approx(float(theirs[name]), abs=1e-5), (ours["epoch"], name)
-    code, out, err = cli("eval", run, "--data-dir", data, "--quiet")
+    code, out, err = cli("eval", run, "--data-dir", data, "--device", "cpu", "--quiet")
     assert code == 0, err
     assert out.startswith(f"Test Loss: {float(resumed[-1]['test_loss']):.4f} | Test Acc: "
                           f"{float(resumed[-1]['test_acc']):.4f}")

@@ -149,7 +149,7 @@ def metrics(run):
 def test_a_run_stopped_and_resumed_equals_one_run_whole(cli, tmp_path, monkeypatch, version, epochs, stop_after):
     """Scheduled runs with augmentation (11), and with whitening, alternating flips and lookahead (13)."""
     folder = make_image_folder(tmp_path / "images", train=96, test=30)
-    argv = (version, "--epochs", epochs, "--batch-size", 16, "--image-folder", folder, "--quiet")
+    argv = (version, "--epochs", epochs, "--batch-size", 16, "--image-folder", folder, "--device", "cpu", "--quiet")
     code, _, err = cli(*argv, "--out", tmp_path / "whole")
     assert code == 0, err
     saves = []

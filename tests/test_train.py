@@ -8,6 +8,7 @@ import torch
 
 import records
 import train
+from devices import resolve_device
 from configs import VERSIONS
 from conftest import make_mnist
 from errors import CheckpointError
@@ -43,7 +44,7 @@ def test_a_run_prints_the_seed_output_and_writes_its_record(cli, mnist_dir, tmp_
     assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
     assert [row["epoch"] for row in rows] == ["1", "2"]
     config = json.loads((run / "config.json").read_text())
-    assert config["version"] == 1 and config["seed"] == 0 and config["device"] == "cpu"
+    assert config["version"] == 1 and config["seed"] == 0 and config["device"] == str(resolve_device("auto"))
     assert config["overrides"] == {"epochs": 2, "batch_size": 32, "lr": 0.05}
     assert config["classes"][0] == "0 - zero" and config["torch"] == torch.__version__
     state = records.load_checkpoint(run / "checkpoint.pt")
@@ -59,15 +60,15 @@ def test_default_run_folder_is_named_by_version_and_time(cli, mnist_dir, tmp_pat
 
 
 def test_same_seed_gives_identical_metrics(cli, mnist_dir, tmp_path):
-    train_tiny(cli, mnist_dir, tmp_path / "a", version="3")
-    train_tiny(cli, mnist_dir, tmp_path / "b", version="3")
+    train_tiny(cli, mnist_dir, tmp_path / "a", "--device", "cpu", version="3")
+    train_tiny(cli, mnist_dir, tmp_path / "b", "--device", "cpu", version="3")
     strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert strip(metrics_of(tmp_path / "a")) == strip(metrics_of(tmp_path / "b"))
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(cli, cifar_dir, tmp_path):
-    train_tiny(cli, cifar_dir, tmp_path / "whole", version="9", epochs=4)
-    train_tiny(cli, cifar_dir, tmp_path / "parts", version="9", epochs=2)
+    train_tiny(cli, cifar_dir, tmp_path / "whole", "--device", "cpu", version="9", epochs=4)
+    train_tiny(cli, cifar_dir, tmp_path / "parts", "--device", "cpu", version="9", epochs=2)
     code, out, err = cli("--resume", tmp_path / "parts", "--epochs", 4, "--quiet")
     assert code == 0, err
     assert out.splitlines()[-1] == f"Run folder: {tmp_path / 'parts'}"
@@ -79,8 +80,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(cli, cifar_dir, tmp_
 
 
 def test_eval_every_does_not_change_the_trained_weights(cli, cifar_dir, tmp_path):
-    train_tiny(cli, cifar_dir, tmp_path / "every", "--eval-every", 1, version="9", epochs=3)
-    train_tiny(cli, cifar_dir, tmp_path / "rarely", "--eval-every", 5, version="9", epochs=3)
+    train_tiny(cli, cifar_dir, tmp_path / "every", "--eval-every", 1, "--device", "cpu", version="9", epochs=3)
+    train_tiny(cli, cifar_dir, tmp_path / "rarely", "--eval-every", 5, "--device", "cpu", version="9", epochs=3)
     every = records.load_checkpoint(tmp_path / "every" / "checkpoint.pt")["model"]
     rarely = records.load_checkpoint(tmp_path / "rarely" / "checkpoint.pt")["model"]
     assert all(torch.equal(every[name], rarely[name]) for name in every)
@@ -251,7 +252,7 @@ def test_eval_and_predict_a_saved_run(cli, image_folder, tmp_path):
 
 
 def test_amp_runs_on_the_cpu_and_is_recorded(cli, mnist_dir, tmp_path):
-    train_tiny(cli, mnist_dir, tmp_path / "run", "--amp", version="3", epochs=1)
+    train_tiny(cli, mnist_dir, tmp_path / "run", "--amp", "--device", "cpu", version="3", epochs=1)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["amp"] is True and config["overrides"]["amp"] is True
     assert 0 <= float(metrics_of(tmp_path / "run")[0]["test_acc"]) <= 1
