@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import distributed
 from configs import VERSIONS
 from console import STOP, Stopped
 from errors import RunnerError
@@ -21,6 +22,7 @@ class Progress:
     folder = None
     resume_command = None
     created = None
+    marker = None
 
 
 def command_line(*words) -> str:
@@ -41,7 +43,7 @@ def device_or_error(parser, name: str, amp: bool):
         parser.error(str(error))
 
 
-def run_config(version: int, args, seed: int, device) -> RunConfig:
+def run_config(version: int, args, seed: int, device, group) -> RunConfig:
     """A version's run as the command line asks for it."""
     from data import DataSource, data_identity
 
@@ -49,14 +51,39 @@ def run_config(version: int, args, seed: int, device) -> RunConfig:
     changes, identity = given(Recipe, values), dict(given(RunIdentity, values), seed=seed)
     folder = args.image_folder if version in args.folder_versions else None
     runtime = Runtime(**{**given(Runtime, values), "device": str(device),
-                         "data_dir": os.path.abspath(args.data_dir or "data"),
+                         "threads": distributed.process_threads(args.threads) if distributed.launched() else
+                         args.threads, "data_dir": os.path.abspath(args.data_dir or "data"),
                          "cache_dir": os.path.abspath(args.cache_dir or default_cache_dir()),
-                         "image_folder": folder and os.path.abspath(folder)})
+                         "image_folder": folder and os.path.abspath(folder), "rank": distributed.rank(),
+                         "world_size": group.size})
     source = DataSource(row.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir,
                         identity.get("resize", False))
     return RunConfig(version, row.dataset, replace(row.recipe, **changes),
                      RunIdentity(**identity, data=data_identity(source)), runtime,
                      {**changes, **given(RunIdentity, values)})
+
+
+def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set):
+    """Under torchrun: check what only several processes can check, join them, and return the Group a run
+    trains across (all of them for one run; each process alone for a table's runs)."""
+    marker = distributed.failure_marker(args.out)
+    if marker and distributed.restart_count() and marker.exists():
+        raise RunnerError(marker.read_text().strip(), shared=True)
+    if args.sync_bn and not (distributed.launched() and device.type == "cuda"):
+        parser.error("--sync-bn needs several processes on CUDA (torchrun); PyTorch's SyncBatchNorm has no CPU "
+                     "version")
+    if not distributed.launched():
+        return distributed.SOLO
+    if distributed.restarts_allowed() and not args.out:
+        parser.error("torchrun --max-restarts: give --out, so that restarted processes continue the same folder")
+    world = distributed.environment("WORLD_SIZE")
+    uneven = sorted(size for size in batch_sizes if size % world)
+    if data_parallel and uneven:
+        parser.error(f"--batch-size {uneven[0]} does not divide among {world} processes: give a multiple of {world}")
+    distributed.start(device)
+    if marker and not distributed.restart_count() and distributed.is_writer():
+        marker.unlink(missing_ok=True)
+    return distributed.Group(data_parallel=data_parallel)
 
 
 def run_training(parser, args, argv: list, progress: Progress) -> None:
@@ -66,24 +93,51 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     if args.resume:
         resume(parser, args, progress)
         return
-    device = device_or_error(parser, args.device or "auto", bool(args.amp))
+    device = device_or_error(parser, distributed.process_device(args.device or "auto"), bool(args.amp))
     seeds = args.seeds or [args.seed or 0]
-    runs = [run_config(version, args, seed, device) for version in args.versions for seed in seeds]
-    if len(runs) == 1:
-        folder = RunFolder(Path(args.out)) if args.out else RunFolder.new(Path("runs"), f"v{args.versions[0]}")
-        progress.created = None if args.out else folder.path
-        folder.claim(args.force)
-        progress.folder, progress.resume_command = folder.path, command_line("--resume", folder.path)
-        train.fit(runs[0], folder)
+    several = len(args.versions) * len(seeds) > 1
+    batch_sizes = {args.batch_size or VERSIONS[version].recipe.batch_size for version in args.versions}
+    group = join_processes(parser, args, device, not several, batch_sizes)
+    progress.marker = distributed.failure_marker(args.out)
+    runs = [run_config(version, args, seed, device, group) for version in args.versions for seed in seeds]
+    if not several:
+        train_one(runs[0], args, group, progress)
         return
-    results_dir = Path(args.out) if args.out else RunFolder.new(Path("runs"), "table").path
+    results_dir = Path(args.out or distributed.on_first(
+        "choosing the results folder", lambda: str(RunFolder.new(Path("runs"), "table").path)))
     progress.created = None if args.out else results_dir
-    results.claim_results_folder(results_dir)
+    distributed.on_first("checking the results folder", lambda: results.claim_results_folder(results_dir))
     again = [word for word in argv if word != "--force"] + ([] if args.out else ["--out", results_dir])
     progress.label, progress.folder, progress.resume_command = "Results folder", results_dir, command_line(*again)
     planned = [(run, RunFolder(results_dir / results.run_name(run.version, run.identity.seed, len(seeds) > 1)))
                for run in runs]
-    results.run_table(planned, results_dir, args.force, lambda run, folder, resume: train.fit(run, folder, resume))
+    mine = planned[distributed.rank()::distributed.world_size()]
+    alone = distributed.world_size() == 1
+    results.run_table(mine, args.force, lambda run, folder, resume: train.fit(run, folder, resume),
+                      (lambda: results.write_results(results_dir, planned)) if alone else None)
+    distributed.everyone("waiting for the table's other runs", None)
+    if distributed.is_writer():
+        results.report(results_dir, planned)
+
+
+def train_one(run: RunConfig, args, group, progress: Progress) -> None:
+    """One run, in one process or across all of them. Restarted by torchrun, it continues its folder."""
+    import results
+    import train
+
+    name = f"v{run.version}"
+    path = Path(args.out or distributed.on_first(
+        "choosing the run folder", lambda: str(RunFolder.new(Path("runs"), name).path)))
+    folder = RunFolder(path, writer=group.rank == 0)
+    progress.created = None if args.out else folder.path
+    progress.folder, progress.resume_command = folder.path, command_line("--resume", folder.path)
+    restarted = distributed.restart_count() > 0 and distributed.on_first("looking for the run's checkpoint",
+                                                                          folder.has_checkpoint)
+    if restarted:
+        distributed.on_first("checking the run folder", lambda: results.check_same_run(folder, run))
+    else:
+        distributed.on_first("checking the run folder", lambda: folder.claim(args.force))
+    train.fit(run, folder, restarted, group)
 
 
 def resume(parser, args, progress: Progress) -> None:
@@ -95,11 +149,17 @@ def resume(parser, args, progress: Progress) -> None:
     folder = RunFolder(Path(args.resume))
     run = folder.read_config()
     changes = given(Runtime, vars(args))
-    device = device_or_error(parser, changes.get("device", run.runtime.device), run.identity.amp)
+    device = device_or_error(parser, distributed.process_device(changes.get("device", run.runtime.device)),
+                             run.identity.amp)
+    group = join_processes(parser, args, device, True, {run.recipe.batch_size})
+    folder.writer = group.rank == 0
     for name in ("data_dir", "image_folder", "cache_dir"):
         if name in changes:
             changes[name] = os.path.abspath(changes[name])
-    runtime = replace(run.runtime, **changes, device=str(device))
+    if distributed.launched():
+        changes["threads"] = distributed.process_threads(args.threads)
+    runtime = replace(run.runtime, **{**changes, "device": str(device), "rank": distributed.rank(),
+                                      "world_size": group.size})
     if {"data_dir", "image_folder"} & changes.keys():
         source = DataSource(run.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir, run.identity.resize)
         if data_identity(source) != run.identity.data:
@@ -112,7 +172,7 @@ def resume(parser, args, progress: Progress) -> None:
                           f"--epochs {epochs}")
     run = replace(run, recipe=replace(run.recipe, epochs=epochs), runtime=runtime)
     progress.folder, progress.resume_command = folder.path, command_line("--resume", folder.path)
-    train.fit(run, folder, resume=True)
+    train.fit(run, folder, True, group)
 
 
 def run_saved(parser, args, command: str) -> None:
@@ -149,8 +209,14 @@ def run_saved(parser, args, command: str) -> None:
     print(f"Confusion matrix: {folder / 'confusion.png'}")
 
 
-def fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+def fail(message: str, code: int, shared: bool = False, marker: Path | None = None) -> int:
+    """One line on stderr; a failure every process shares is told by the first alone. With a marker, restarted
+    processes will find the failure and end at once instead of repeating it."""
+    if marker:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(message + "\n")
+    if not shared or distributed.is_writer():
+        print(f"error: {message}", file=sys.stderr)
     return code
 
 
@@ -160,25 +226,36 @@ def guarded(work) -> int:
     import torch
 
     progress = Progress()
-    STOP.install()
+    STOP.install(second_stops_at_once=not distributed.launched())
     try:
         work(progress)
     except (Stopped, KeyboardInterrupt) as stop:
         code = stop.exit_code if isinstance(stop, Stopped) else 130
         if progress.label == "Run folder" and not (progress.folder and (progress.folder / CHECKPOINT).exists()):
-            return fail("interrupted before the first epoch finished; nothing to resume: start the run again", code)
-        return fail(f"interrupted; every finished epoch is kept. Continue with: {progress.resume_command}", code)
+            return fail("interrupted before the first epoch finished; nothing to resume: start the run again", code,
+                        shared=True)
+        return fail(f"interrupted; every finished epoch is kept. Continue with: {progress.resume_command}", code,
+                    shared=True)
+    except distributed.PeerLost:
+        return 1  # the process that failed has said why
     except RunnerError as error:
-        return fail(str(error), error.exit_code)
+        return fail(str(error), error.exit_code, error.shared, progress.marker if error.permanent else None)
     except torch.OutOfMemoryError:
         return fail("out of memory on the device: try a smaller --batch-size, or --device cpu", 1)
     except OSError as error:
         return fail(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}; free space or "
                     "choose another --out / --data-dir", 1)
+    except RuntimeError as error:
+        why = distributed.lost_peers(error)
+        if why is None:
+            raise
+        return fail(why, 1) if why else 1
     finally:
         STOP.uninstall()
-        if progress.created and progress.created.is_dir() and not any(progress.created.iterdir()):
+        if distributed.is_writer() and progress.created and progress.created.is_dir() and \
+                not any(progress.created.iterdir()):
             progress.created.rmdir()
+        distributed.finish()
     if progress.folder:
-        print(f"{progress.label}: {progress.folder}")
+        distributed.say(f"{progress.label}: {progress.folder}")
     return 0

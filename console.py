@@ -1,8 +1,9 @@
 """What a person at the terminal sees and does: progress bars, and Ctrl-C or SIGTERM.
 
-A signal only sets a flag. Every long loop goes through `progress`, which honours the flag between items (training
-steps, test batches, decoded images), so a stop never lands inside a file write, a finalizer or a half-made
-step; the caller then keeps what is finished. A second signal stops at once.
+A signal only sets a flag. The long loops (training steps, test batches, decoded images) check it between items,
+so a stop never lands inside a file write, a finalizer or a half-made step; the caller then keeps what is
+finished. A second signal stops at once, except under several processes, where every process must stop after the
+same step (torchrun also forwards the terminal's Ctrl-C, so each process sees two).
 """
 import signal
 import sys
@@ -26,9 +27,11 @@ class StopFlag:
     def __init__(self):
         self.signum = None
         self.previous = {}
+        self.second_stops_at_once = True
 
-    def install(self) -> None:
+    def install(self, second_stops_at_once: bool = True) -> None:
         self.signum = None
+        self.second_stops_at_once = second_stops_at_once
         for signum in EXIT_CODES:
             self.previous[signum] = signal.signal(signum, self._on_signal)
 
@@ -38,9 +41,9 @@ class StopFlag:
         self.previous.clear()
 
     def _on_signal(self, signum, frame) -> None:
-        if self.signum is not None:
+        if self.signum is not None and self.second_stops_at_once:
             raise Stopped(signum)
-        self.signum = signum
+        self.signum = self.signum or signum
 
     def check(self) -> None:
         if self.signum is not None:
@@ -51,8 +54,8 @@ STOP = StopFlag()
 
 
 class progress:
-    """Iterate with a tqdm bar on stderr (shown only to a person watching a terminal), honouring a stop between
-    items; `show` puts values beside the bar."""
+    """Iterate with a tqdm bar on stderr, shown only to a person watching a terminal; `show` puts values beside
+    the bar."""
 
     def __init__(self, iterable, description: str, quiet: bool = False, total: int | None = None):
         self.bar = tqdm(iterable, desc=description, total=total, disable=quiet or not sys.stderr.isatty(),
@@ -60,10 +63,7 @@ class progress:
 
     def __iter__(self):
         with self.bar:
-            for item in self.bar:
-                STOP.check()
-                yield item
-            STOP.check()
+            yield from self.bar
 
     def show(self, **values) -> None:
         self.bar.set_postfix(values, refresh=False)

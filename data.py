@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from console import progress
+from console import STOP, progress
 from errors import DataError
 from records import atomic_write
 from settings import DATASETS
@@ -199,8 +199,11 @@ def _decode_folder(source: DataSource, train: bool) -> Split:
     classes, samples = list_image_folder(folder)
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         decoded = pool.map(lambda sample: decode_image(sample[0], channels, size, source.resize), samples)
+        arrays = []
         try:
-            arrays = list(progress(decoded, f"Decoding {folder}", total=len(samples)))
+            for array in progress(decoded, f"Decoding {folder}", total=len(samples)):
+                STOP.check()
+                arrays.append(array)
         finally:
             pool.shutdown(cancel_futures=True)
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)

@@ -2,9 +2,16 @@
 
 
 class RunnerError(Exception):
-    """A runtime failure (cli.md: exit 1): missing or damaged data, divergence, out of memory."""
+    """A runtime failure (cli.md: exit 1): missing or damaged data, divergence, out of memory. `permanent`:
+    starting again would meet it again."""
 
     exit_code = 1
+    permanent = True
+
+    def __init__(self, message: str, shared: bool = False):
+        """shared: every process of a run meets this same failure, so the first alone reports it."""
+        super().__init__(message)
+        self.shared = shared
 
 
 class DataError(RunnerError):
@@ -13,3 +20,9 @@ class DataError(RunnerError):
 
 class CheckpointError(RunnerError):
     """A checkpoint is missing, damaged, unsafe or belongs to another run."""
+
+
+class ProcessesLost(RunnerError):
+    """Processes of a run stopped hearing from each other; a restart may well succeed."""
+
+    permanent = False

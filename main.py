@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from configs import VERSIONS
-from settings import (DATASETS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields, resumable_names,
-                      seed_number)
+from settings import (DATASETS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields, positive_int,
+                      resumable_names, seed_number)
 
 GROUP_TITLES = {
     Recipe: "recipe (default: the version's own; see: main.py list)",
@@ -60,6 +60,20 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser; under several processes only the first prints a usage error (all exit 2), and with
+    torchrun's restarts the error is left in --out so that restarted processes end at once."""
+
+    def error(self, message: str):
+        out = getattr(self, "out", None)
+        if out and "RANK" in os.environ and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / ".failed").write_text(f"{message}\n")
+        if os.environ.get("RANK", "0") != "0":
+            self.exit(2)
+        super().error(message)
+
+
 def add_setting(group, setting) -> None:
     meta = setting.metadata
     if meta["choices"]:
@@ -72,7 +86,7 @@ def add_setting(group, setting) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="main.py", usage="%(prog)s [VERSIONS | list | eval RUN_DIR | predict RUN_DIR IMAGE...] [options]",
         description="Train and test the versions of the image-classification ablation ladder.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is RunIdentity:
             group.add_argument("--seeds", type=seed_list, metavar="S,S,...",
                                help="train each version once per seed and report mean ± std")
+        if kind is Runtime:
+            group.add_argument("--procs", type=positive_int, metavar="N",
+                               help="processes on this machine, as torchrun --nproc_per_node N (see README)")
     record = parser.add_argument_group("records")
     record.add_argument("--out", metavar="DIR", help="run folder (one version) or results folder (several)")
     record.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -216,13 +233,14 @@ def versions_on_folder(parser: argparse.ArgumentParser, args: argparse.Namespace
 def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything that can be checked without torch, in the order a user would fix it."""
     values = vars(args)
+    parser.out = args.out
     if args.resume:
         if args.versions:
             parser.error("give either VERSIONS or --resume RUN_DIR, not both")
         check_readable_dir(parser, "--resume", args.resume)
         if not os.path.isfile(os.path.join(args.resume, "config.json")):
             parser.error(f"--resume {args.resume}: not a run folder (no config.json in it)")
-        allowed = resumable_names() | {"resume"}
+        allowed = resumable_names() | {"resume", "procs"}
         changed = [name for name, value in values.items() if value not in (None, False) and name not in allowed]
         if changed:
             flags = sorted(setting.metadata["flag"] for kind in SETTINGS for setting in flag_fields(kind)
@@ -250,6 +268,17 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     check_creatable_dir(parser, "--out" if args.out else "runs", args.out or "runs", writable=True)
 
 
+def process_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """How many processes to launch on this machine: --procs N or one per device of a list (none under torchrun,
+    which launched this one)."""
+    devices = (args.device or "").split(",")
+    if len(devices) > 1 and args.procs not in (None, len(devices)):
+        parser.error(f"--procs {args.procs} does not match the {len(devices)} devices of --device {args.device}")
+    if "RANK" in os.environ:
+        return 1
+    return max(args.procs or 1, len(devices))
+
+
 def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -272,6 +301,11 @@ def main(argv: list | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         check_training_args(parser, args)
+        processes = process_count(parser, args)
+        if processes > 1:
+            import distributed
+
+            return distributed.launch(processes, argv)
         return commands.guarded(lambda progress: commands.run_training(parser, args, argv, progress))
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from configs import VERSIONS
+from distributed import say
 from errors import RunnerError
 from records import RunFolder, write_text, atomic_write
 from settings import DATASETS, RunConfig, differences
@@ -50,9 +51,8 @@ def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
                           f"epochs it started with, so it cannot go on to {planned.recipe.epochs}: use another --out")
 
 
-def run_table(planned: list, results_dir: Path, force: bool, train) -> list:
-    """Train every planned (RunConfig, RunFolder) that is not finished, with train(run, folder, resume); then
-    write the results. Returns the table's rows."""
+def run_table(planned: list, force: bool, train, after_each_run=None) -> None:
+    """Train every planned (RunConfig, RunFolder) that is not finished, with train(run, folder, resume)."""
     for run, folder in planned:
         if force:
             folder.clear()
@@ -61,17 +61,21 @@ def run_table(planned: list, results_dir: Path, force: bool, train) -> list:
             check_same_run(folder, run)
             done = folder.epochs_done()
         if done >= run.recipe.epochs:
-            print(f"Version {run.version}, seed {run.identity.seed}: finished ({done} epochs) in {folder.path}; "
-                  "skipped", flush=True)
+            say(f"Version {run.version}, seed {run.identity.seed}: finished ({done} epochs) in {folder.path}; "
+                "skipped")
             continue
         if not done:
             folder.claim(force=True)
         row = VERSIONS[run.version]
-        print(f"\n== Version {run.version}, seed {run.identity.seed}: {DATASETS[row.dataset].title}, "
-              f"{row.recipe.model} ({'resuming after epoch ' + str(done) if done else 'new'}) -> {folder.path}",
-              flush=True)
+        say(f"\n== Version {run.version}, seed {run.identity.seed}: {DATASETS[row.dataset].title}, "
+            f"{row.recipe.model} ({'resuming after epoch ' + str(done) if done else 'new'}) -> {folder.path}")
         train(run, folder, done > 0)
-        write_results(results_dir, planned)
+        if after_each_run:
+            after_each_run()
+
+
+def report(results_dir: Path, planned: list) -> list:
+    """Write results.md, .csv and .png and print the table; returns its rows."""
     rows = write_results(results_dir, planned)
     print("\n" + markdown_table(rows))
     return rows

@@ -61,8 +61,12 @@ def learning_rate(text: str) -> float:
 
 
 def device_name(text: str) -> str:
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a device: use auto, cpu, cuda, cuda:K or mps")
+    """auto, cpu, mps, cuda, cuda:K, or a list of CUDA devices (cuda:0,cuda:1: one process each)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?|cuda:\d+(,cuda:\d+)+", text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a device: use auto, cpu, cuda, cuda:K, mps or a list "
+                                         "such as cuda:0,cuda:1")
+    if len(set(text.split(","))) != len(text.split(",")):
+        raise argparse.ArgumentTypeError(f"'{text}' names a device twice")
     return text
 
 
@@ -118,6 +122,8 @@ class RunIdentity:
     amp: bool = field(default=False, metadata=option("--amp", "bfloat16 autocast (changes numerics)"))
     deterministic: bool = field(default=False, metadata=option(
         "--deterministic", "torch's deterministic algorithms (CUDA: slower, repeatable)"))
+    sync_bn: bool = field(default=False, metadata=option(
+        "--sync-bn", "BatchNorm statistics over every process's share of the batch (CUDA, several processes)"))
     resize: bool = field(default=False, metadata=option(
         "--resize", "resize an image folder's images to the version's size (antialiased) as they are decoded"))
     data: dict = field(default_factory=dict)
@@ -127,8 +133,9 @@ class RunIdentity:
 class Runtime:
     """How and where a run executes: free to change on --resume."""
 
-    device: str = field(default="auto", metadata=option("--device", "auto (default), cpu, cuda, cuda:K or mps",
-                                                        device_name, "D"))
+    device: str = field(default="auto", metadata=option(
+        "--device", "auto (default), cpu, cuda, cuda:K, mps, or cuda:0,cuda:1,... (one process each)", device_name,
+        "D"))
     threads: int | None = field(default=None, metadata=option("--threads", "CPU threads for torch", positive_int))
     data_dir: str = field(default="data", metadata=option(
         "--data-dir", "where datasets are found or downloaded (default ./data)", str, "DIR"))

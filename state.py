@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from devices import derive_seed, device_rng_state, restore_device_rng
+from distributed import SOLO, Group
 from models import whitening_layer
 from settings import Recipe
 
@@ -58,11 +59,12 @@ class TrainingState:
     `step_model` is what the loop calls (compiled or wrapped for several processes)."""
 
     def __init__(self, version: int, recipe: Recipe, model: nn.Module, device: torch.device, seed: int,
-                 steps_per_epoch: int, rank: int = 0):
+                 steps_per_epoch: int, group: Group = SOLO):
         self.version, self.recipe, self.model, self.device = version, recipe, model, device
         self.step_model = model
         self.optimizer = make_optimizer(recipe, model)
-        self.rank = rank
+        self.group, self.seed = group, seed
+        rank = group.rank
         self.generators = {"shuffle": torch.Generator().manual_seed(seed),
                            "augment": torch.Generator().manual_seed(derive_seed(seed, "augment", rank)),
                            "flip": torch.Generator().manual_seed(derive_seed(seed, "flip")),
@@ -150,8 +152,17 @@ class TrainingState:
             self.average = {name: value.to(self.device) for name, value in self.average.items()}
         self.generators["shuffle"].set_state(state["shuffle_rng"])
         processes = state.get("processes") or [{"torch": state["torch_rng"]}]
-        if self.rank < len(processes):
-            self.restore_process_rng(processes[self.rank])
+        if len(processes) == self.group.size:
+            self.restore_process_rng(processes[self.group.rank])
+        else:
+            self.reseed_process(f"continued by {self.group.size} processes after epoch {self.epoch}")
+
+    def reseed_process(self, occasion: str) -> None:
+        """Fresh per-process streams when a run continues on another number of processes; the shared batch order
+        goes on unchanged."""
+        torch.manual_seed(derive_seed(self.seed, occasion, self.group.rank))
+        for name in ("augment", "workers"):
+            self.generators[name].manual_seed(derive_seed(self.seed, name, occasion, self.group.rank))
 
     def diverged(self, loss: float, accuracy: float, classes: int) -> str | None:
         """Why the run diverged, or None: a loss that is not finite, or one that exploded (over 100 times the

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import distributed
 from console import progress
+from distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
 from data import DataSource, check_classes, load_split
 from devices import prepare_torch, resolve_device, seed_process, to_device
 from errors import CheckpointError, RunnerError
@@ -83,20 +83,22 @@ def train_epoch(state: TrainingState, loader, epoch: int, quiet: bool) -> tuple[
         if step % REFRESH_EVERY == 0 or step == len(loader):
             checked = check_progress(state, totals, checked, epoch, step)
             bar.show(loss=f"{checked[0] / checked[2]:.4f}")
+        state.group.check_stop()
+    state.group.settle()
     return (checked[0] / checked[2]).item(), (checked[1] / checked[2]).item()
 
 
 def check_progress(state: TrainingState, totals: torch.Tensor, checked: torch.Tensor, epoch: int,
                    step: int) -> torch.Tensor:
     """Read the epoch's sums (over every process) and stop a diverging run; returns the sums read."""
-    now = distributed.all_sum(totals.clone()).cpu()
+    now = state.group.all_sum(totals.clone()).cpu()
     window = now - checked
     if window[2] > 0:
         why = state.diverged(float(window[0] / window[2]), float(window[1] / window[2]), 10)
         if why:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch had finished"
             raise RunnerError(f"{why} in epoch {epoch} by step {step}; the run stopped and {kept}. Try a lower "
-                              f"learning rate, e.g. --lr {state.recipe.lr / 10:g}")
+                              f"learning rate, e.g. --lr {state.recipe.lr / 10:g}", shared=state.group.data_parallel)
     return now
 
 
@@ -128,7 +130,7 @@ class TestResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, quiet: bool, classes: int = 10,
-             tta: str = "none", keep_outputs: bool = False) -> TestResult:
+             tta: str = "none", keep_outputs: bool = False, group: Group = SOLO) -> TestResult:
     model.eval()
     channels_last = uses_channels_last(model)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -142,7 +144,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, quiet: b
         confusion += torch.bincount(labels * classes + output.argmax(dim=1), minlength=classes * classes)
         if keep_outputs:
             outputs.append(output.cpu())
-    loss_sum, confusion = distributed.all_sum(loss_sum), distributed.all_sum(confusion)
+        group.check_stop()
+    group.settle()
+    loss_sum, confusion = group.all_sum(loss_sum), group.all_sum(confusion)
     confusion = confusion.view(classes, classes).cpu()
     total = confusion.sum().item()
     return TestResult(loss_sum.item() / total, confusion.trace().item() / total, confusion,
@@ -151,7 +155,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, quiet: b
 
 def make_loaders(run: RunConfig, source: DataSource, splits: dict, state: TrainingState, device: torch.device):
     """Train and test loaders on one batch plan per split; the test split in order, drawing nothing random."""
-    recipe, rank, world = run.recipe, run.runtime.rank, run.runtime.world_size
+    recipe, rank, world = run.recipe, state.group.rank, state.group.size
     augmenting = recipe.crop_padding > 0 or recipe.flip != "none"
     if run.identity.loader == "resident":
         augmentation = Augmentation(recipe.crop_padding, recipe.flip, state.generators["augment"],
@@ -187,37 +191,45 @@ def load_splits(run: RunConfig, source: DataSource, resume: bool) -> tuple[dict,
 
 
 def resume_state(state: TrainingState, folder: RunFolder, run: RunConfig) -> None:
-    checkpoint = folder.load_checkpoint()
-    if checkpoint["version"] != run.version:
-        raise CheckpointError(f"{folder.path / 'checkpoint.pt'} belongs to version {checkpoint['version']}, but its "
-                              f"config.json says version {run.version}: the folder is mixed up; train again in a "
-                              "new folder")
+    """Load the run folder's checkpoint into the state; every process of a run meets the same failures here."""
     try:
-        state.load_state_dict(checkpoint)
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{folder.path / 'checkpoint.pt'} does not fit version {run.version}'s model "
-                              f"({type(error).__name__}): train again in a new folder") from None
-    if state.epoch >= run.recipe.epochs:
-        if run.fixed_length:
-            raise RunnerError(f"{folder.path} already finished its {state.epoch} epochs, over which its learning "
-                              "rate was scheduled, so it cannot be extended: start a new run with --epochs N")
-        raise RunnerError(f"{folder.path} already finished {state.epoch} epochs: pass --epochs N with N > "
-                          f"{state.epoch} to extend it")
+        checkpoint = folder.load_checkpoint()
+        if checkpoint["version"] != run.version:
+            raise CheckpointError(f"{folder.path / 'checkpoint.pt'} belongs to version {checkpoint['version']}, but "
+                                  f"its config.json says version {run.version}: the folder is mixed up; train again "
+                                  "in a new folder")
+        try:
+            state.load_state_dict(checkpoint)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{folder.path / 'checkpoint.pt'} does not fit version {run.version}'s model "
+                                  f"({type(error).__name__}): train again in a new folder") from None
+        if state.epoch >= run.recipe.epochs:
+            if run.fixed_length:
+                raise RunnerError(f"{folder.path} already finished its {state.epoch} epochs, over which its learning "
+                                  "rate was scheduled, so it cannot be extended: start a new run with --epochs N")
+            raise RunnerError(f"{folder.path} already finished {state.epoch} epochs: pass --epochs N with N > "
+                              f"{state.epoch} to extend it")
+    except RunnerError as error:
+        error.shared = state.group.data_parallel
+        raise
 
 
-def fit(run: RunConfig, folder: RunFolder, resume: bool = False) -> list:
+def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = SOLO) -> list:
     """Train the run's epochs (after its checkpoint's, when resuming), recording after each one; returns the
-    metrics of every epoch."""
+    metrics of every epoch. `group`: the processes training this run together."""
     recipe, runtime = run.recipe, run.runtime
     device = resolve_device(runtime.device)
     prepare_torch(runtime.threads, run.identity.deterministic)
-    seed_process(run.identity.seed, runtime.rank)
+    seed_process(run.identity.seed, group.rank)
     model = build_model(recipe, DATASETS[run.dataset].channels).to(device)
     if uses_channels_last(model):
         model = model.to(memory_format=torch.channels_last)
     source = DataSource.of(run)
-    splits, classes = load_splits(run, source, resume)
-    state = TrainingState(run.version, recipe, model, device, run.identity.seed, 0, runtime.rank)
+    if group.data_parallel:
+        splits, classes = prepare_once_per_machine("preparing the data", lambda: load_splits(run, source, resume))
+    else:
+        splits, classes = load_splits(run, source, resume)
+    state = TrainingState(run.version, recipe, model, device, run.identity.seed, 0, group)
     state.amp = run.identity.amp
     train_loader, test_loader = make_loaders(run, source, splits, state, device)
     state.steps_per_epoch = len(train_loader)
@@ -225,14 +237,14 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False) -> list:
         resume_state(state, folder, run)
         if state.classes != classes:
             raise RunnerError(f"{source.name} has the classes {classes}, but the run was trained on "
-                              f"{state.classes}: give the data it was trained on")
+                              f"{state.classes}: give the data it was trained on", shared=group.data_parallel)
     else:
         if True in splits:
             fit_input_layers(model, splits[True].images)
         state.classes = classes
     folder.write_config(run, params=count_parameters(model), classes=classes)
-    state.step_model = distributed.wrap(torch.compile(model) if runtime.compile else model, device)
-    say = distributed.say
+    wrapped = group.wrap(model, device, run.identity.sync_bn)
+    state.step_model = torch.compile(wrapped) if runtime.compile else wrapped
     say(f"Model Parameter Count: {count_parameters(model)}")
     say("Training...")
     try:
@@ -254,26 +266,27 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False) -> list:
 def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loader, test_loader, epoch: int) -> None:
     """Train one epoch, test it when due (the last with test-time augmentation too, when the recipe has it), then
     record it: checkpoint, metrics.csv, and the epoch's line."""
-    recipe, runtime, quiet = run.recipe, run.runtime, run.runtime.quiet
+    recipe, runtime, quiet = run.recipe, run.runtime, run.runtime.quiet or not is_writer()
     started = time.perf_counter()
     train_loss, train_acc = train_epoch(state, train_loader, epoch, quiet)
     row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=None, test_acc=None, lr=state.lr)
     line = f"Epoch {epoch} / {recipe.epochs} | Train Loss: {train_loss:.4f} | Train Acc: {train_acc:.4f}"
     if epoch % runtime.eval_every == 0 or epoch == recipe.epochs:
-        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet)
+        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, group=state.group)
         row.update(test_loss=test.loss, test_acc=test.accuracy)
         line += f" | Test Loss: {test.loss:.4f} | Test Acc: {test.accuracy:.4f}"
     row["seconds"] = round(time.perf_counter() - started, 3)
     if epoch == recipe.epochs and recipe.tta != "none":
         started = time.perf_counter()
-        final = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, tta=recipe.tta)
+        final = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, tta=recipe.tta,
+                         group=state.group)
         row.update(final_test_loss=final.loss, final_test_acc=final.accuracy, tta=recipe.tta,
                    final_test_seconds=round(time.perf_counter() - started, 3))
     state.epoch = epoch
     state.metrics.append(row)
-    folder.save_checkpoint(state.state_dict(distributed.gather(state.process_rng())))
+    folder.save_checkpoint(state.state_dict(state.group.gather(state.process_rng())))
     folder.write_metrics(state.metrics)
-    distributed.say(line)
+    say(line)
 
 
 def draw_curves(folder: RunFolder, run: RunConfig, metrics: list) -> None:

@@ -1,0 +1,52 @@
+"""main.py with a probe or a fault put in place for a test, run by torchrun; PATCH in the environment says which:
+
+- weights: every process, not only the writer, saves its model's weights beside the checkpoint;
+- fail: the process of rank 1 fails with a RunnerError at its third step;
+- kill: the process of rank 1 kills itself (SIGKILL) after the first epoch, unless it was restarted.
+"""
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import records  # noqa: E402
+import train  # noqa: E402
+from errors import RunnerError  # noqa: E402
+
+RANK, PATCH = int(os.environ.get("RANK", 0)), os.environ["PATCH"]
+save_checkpoint, train_step = records.RunFolder.save_checkpoint, train.train_step
+steps = []
+
+
+def save_with_weights(folder, state):
+    import torch
+
+    torch.save(state["model"], folder.path / f"weights-rank{RANK}.pt")
+    save_checkpoint(folder, state)
+
+
+def failing_step(*args):
+    steps.append(1)
+    if RANK == 1 and len(steps) == 3:
+        raise RunnerError("rank 1 failed on purpose")
+    return train_step(*args)
+
+
+def save_then_die(folder, state):
+    save_checkpoint(folder, state)
+    if RANK == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if PATCH == "weights":
+    records.RunFolder.save_checkpoint = save_with_weights
+elif PATCH == "fail":
+    train.train_step = failing_step
+elif PATCH == "kill":
+    records.RunFolder.save_checkpoint = save_then_die
+
+import main  # noqa: E402
+
+sys.exit(main.main(sys.argv[1:]))

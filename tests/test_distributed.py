@@ -1,0 +1,158 @@
+"""Several processes on the CPU (gloo), on tiny data, through torchrun and its launcher API, on free ports."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import records
+from conftest import ROOT, make_image_folder, make_mnist
+from distributed import free_port
+
+MAIN = str(ROOT / "main.py")
+PATCHED = str(ROOT / "tests" / "patched_main.py")
+
+
+def torchrun(*argv, processes: int = 2, patch: str | None = None, restarts: int = 0, timeout: float = 240):
+    """torchrun --standalone with `processes` processes on main.py (or the patched main with PATCH=patch)."""
+    environment = dict(os.environ, PATCH=patch or "", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               f"--max-restarts={restarts}", "--monitor-interval=0.2", PATCHED if patch else MAIN,
+               *map(str, argv), "--quiet", "--threads", "2"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def alone(*argv):
+    return subprocess.run([sys.executable, MAIN, *map(str, argv), "--quiet", "--threads", "1"], capture_output=True,
+                          text=True, timeout=240)
+
+
+def metrics(run) -> list:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_two_processes_train_the_mlp_as_one_process_does(tmp_path):
+    data = make_mnist(tmp_path / "data")
+    common = ("1", "--epochs", 2, "--batch-size", 32, "--lr", 0.05, "--data-dir", data, "--device", "cpu")
+    two = torchrun(*common, "--out", tmp_path / "two", patch="weights")
+    assert two.returncode == 0, two.stderr
+    one = alone(*common, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    ranks = [torch.load(tmp_path / "two" / f"weights-rank{rank}.pt") for rank in (0, 1)]
+    single = records.load_checkpoint(tmp_path / "one" / "checkpoint.pt")["model"]
+    for name in single:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        assert torch.allclose(ranks[0][name], single[name], atol=1e-5), name
+    assert two.stdout.count("Epoch 2 / 2") == 1 and two.stdout.splitlines()[-1] == f"Run folder: {tmp_path / 'two'}"
+
+
+def test_two_processes_on_a_batchnorm_version_write_one_folder_test_everything_and_resume_exactly(tmp_path):
+    folder = make_image_folder(tmp_path / "images", train=64, test=30)
+    common = ("7", "--batch-size", 16, "--image-folder", folder)
+    assert torchrun(*common, "--epochs", 4, "--out", tmp_path / "whole").returncode == 0
+    assert torchrun(*common, "--epochs", 2, "--out", tmp_path / "parts").returncode == 0
+    resumed = torchrun("--resume", tmp_path / "parts", "--epochs", 4)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "parts", "whole"]
+    assert metrics(tmp_path / "whole") == metrics(tmp_path / "parts")
+    state = records.load_checkpoint(tmp_path / "parts" / "checkpoint.pt")
+    assert len(state["processes"]) == 2
+    for row in metrics(tmp_path / "whole"):
+        assert float(row["test_acc"]) * 30 == pytest.approx(round(float(row["test_acc"]) * 30))  # all 30 images
+
+
+def test_a_failing_rank_ends_every_process_with_its_one_line(tmp_path):
+    data = make_mnist(tmp_path / "data")
+    started = time.monotonic()
+    result = torchrun("1", "--epochs", 50, "--batch-size", 16, "--data-dir", data, "--out", tmp_path / "run",
+                      patch="fail", timeout=120)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 90
+    assert result.stderr.count("error: rank 1 failed on purpose") == 1
+
+
+def test_a_killed_worker_is_restarted_and_the_run_has_every_epoch_once(tmp_path):
+    data = make_mnist(tmp_path / "data")
+    result = torchrun("1", "--epochs", 3, "--batch-size", 32, "--data-dir", data, "--out", tmp_path / "run",
+                      patch="kill", restarts=1)
+    assert result.returncode == 0, result.stderr
+    assert [row["epoch"] for row in metrics(tmp_path / "run")] == ["1", "2", "3"]
+
+
+def test_restarts_need_an_out_folder(tmp_path):
+    result = torchrun("1", "--epochs", 1, "--data-dir", make_mnist(tmp_path / "data"), restarts=1, timeout=120)
+    assert result.returncode != 0 and result.stderr.count("give --out") == 2  # the first try and the restart
+
+
+def test_a_failure_no_restart_can_fix_ends_restarted_processes_at_once(tmp_path):
+    result = torchrun("1", "--epochs", 1, "--batch-size", 33, "--data-dir", make_mnist(tmp_path / "data"), "--out",
+                      tmp_path / "run", restarts=2, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count("usage:") == 1  # restarted processes found the failure and ended at once
+    assert result.stderr.count("--batch-size 33 does not divide among 2 processes") == 3
+
+
+def test_two_processes_share_a_table_one_run_each(tmp_path):
+    data = make_mnist(tmp_path / "data")
+    make_mnist(tmp_path / "data", "FashionMNIST")
+    result = torchrun("1,3", "--epochs", 1, "--batch-size", 32, "--data-dir", data, "--out", tmp_path / "table")
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "table" / "results.csv", newline="") as f:
+        assert [row["version"] for row in csv.DictReader(f)] == ["1", "3"]
+    ranks = [json.loads((tmp_path / "table" / run / "config.json").read_text())["rank"] for run in ("v1", "v3")]
+    assert ranks == [0, 1]
+
+
+def test_procs_launches_the_processes_through_torchruns_launcher(tmp_path):
+    data = make_mnist(tmp_path / "data")
+    result = alone("1", "--procs", 2, "--epochs", 1, "--batch-size", 32, "--data-dir", data, "--device", "cpu",
+                   "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+
+
+def test_two_machines_meet_on_one_rendezvous(tmp_path):
+    data = make_mnist(tmp_path / "data")
+    port = free_port()
+    nodes = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                   f"--node-rank={node}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                   "--rdzv-id=two-nodes", MAIN, "1", "--epochs", "1", "--batch-size", "32", "--data-dir", str(data),
+                   "--out", str(tmp_path / "run"), "--quiet", "--threads", "1"]
+        nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [node.communicate(timeout=240) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill() if node.poll() is None else None
+    assert [node.returncode for node in nodes] == [0, 0], [err for _, err in outputs]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+
+
+def test_a_signal_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
+    data = make_mnist(tmp_path / "data", train=2000)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", MAIN, "1",
+               "--epochs", "500", "--batch-size", "16", "--data-dir", str(data), "--out", str(run), "--quiet",
+               "--threads", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    done = records.load_checkpoint(run / "checkpoint.pt")["epoch"]
+    assert out.count("Epoch ") == done and err.count("Continue with:") == 1
+    assert "]: Traceback" not in err  # none from our processes (torchrun's own report may follow)
