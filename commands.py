@@ -10,8 +10,8 @@ import distributed
 from configs import VERSIONS
 from console import STOP, Stopped
 from errors import RunnerError
-from main import check_image_folder, check_readable_dir, default_cache_dir
-from records import CHECKPOINT, CONFIG, RunFolder
+from main import default_cache_dir
+from records import CHECKPOINT, RunFolder
 from settings import Recipe, RunConfig, RunIdentity, Runtime, given
 
 
@@ -176,17 +176,7 @@ def resume(parser, args, progress: Progress) -> None:
 
 
 def run_saved(parser, args, command: str) -> None:
-    """eval or predict a finished run."""
-    check_readable_dir(parser, "RUN_DIR", args.run_dir)
-    for name in (CONFIG, CHECKPOINT):
-        if not os.path.isfile(os.path.join(args.run_dir, name)):
-            parser.error(f"RUN_DIR {args.run_dir}: not a finished run folder (no {name} in it)")
-    if command == "predict":
-        for image in args.images:
-            if not os.path.isfile(image) or not os.access(image, os.R_OK):
-                parser.error(f"IMAGE {image}: no such readable file")
-    elif args.image_folder:
-        check_image_folder(parser, args.image_folder)
+    """eval or predict a finished run (main.py has checked the arguments)."""
     device = device_or_error(parser, args.device, False)
     import saved
     from data import DataSource
@@ -207,6 +197,8 @@ def run_saved(parser, args, command: str) -> None:
     for name, accuracy in report["per_class"].items():
         print(f"  {name.ljust(width)}  {accuracy:.4f}")
     print(f"Confusion matrix: {folder / 'confusion.png'}")
+    print(f"Mistakes: {report['wrong']} of {report['total']} test images; the {report['shown']} most confident: "
+          f"{folder / 'mistakes.png'}")
 
 
 def fail(message: str, code: int, shared: bool = False, marker: Path | None = None) -> int:

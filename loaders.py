@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data import DataSource, Split, image_mode, list_image_folder, split_folder
+from data import DataSource, Split, check_classes, image_mode, list_image_folder, load_split, split_folder
+from settings import DATASETS, RunConfig
 
 CLASSIC_WORKERS = 4
 
@@ -201,3 +202,41 @@ def classic_transform(size: int, padding: int, flip: str, resize: bool):
     if flip == "random":
         steps.append(transforms.RandomHorizontalFlip())
     return transforms.Compose(steps + [transforms.ToTensor()])
+
+
+def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device: torch.device):
+    """Train and test loaders on one batch plan per split; the test split in order, drawing nothing random.
+    state: the TrainingState, whose generators and group the loaders follow."""
+    recipe, rank, world = run.recipe, state.group.rank, state.group.size
+    augmenting = recipe.crop_padding > 0 or recipe.flip != "none"
+    if run.identity.loader == "resident":
+        augmentation = Augmentation(recipe.crop_padding, recipe.flip, state.generators["augment"],
+                                    state.generators["flip"]) if augmenting else None
+        train, test = splits[True], splits[False]
+        return (ResidentLoader(train, BatchPlan(len(train.labels), recipe.batch_size, recipe.drop_last, rank, world),
+                               device, state.generators["shuffle"], augmentation),
+                ResidentLoader(test, BatchPlan(len(test.labels), recipe.batch_size, False, rank, world), device))
+    size = DATASETS[run.dataset].size
+    train = classic_dataset(source, True, classic_transform(size, recipe.crop_padding, recipe.flip, source.resize))
+    test = classic_dataset(source, False, classic_transform(size, 0, "none", source.resize))
+    return (ClassicLoader(train, BatchPlan(len(train), recipe.batch_size, recipe.drop_last, rank, world), device,
+                          state.generators["shuffle"], state.generators["workers"]),
+            ClassicLoader(test, BatchPlan(len(test), recipe.batch_size, False, rank, world), device, None,
+                          state.generators["workers"]))
+
+
+def load_splits(run: RunConfig, source: DataSource, resume: bool) -> tuple[dict, list]:
+    """The splits the run needs in memory, and the class names: both for the resident loader; for the classic one
+    only the train split, and only when input layers are fitted to it."""
+    wanted = (True, False) if run.identity.loader == "resident" else ()
+    if not resume and (run.recipe.normalize or run.recipe.whitening) and True not in wanted:
+        wanted = (True,)
+    splits = {train: load_split(source, train) for train in wanted}
+    if len(splits) == 2:
+        classes = splits[True].classes
+        check_classes(classes, splits[False].classes, source.name)
+    else:
+        datasets = [classic_dataset(source, train) for train in (True, False)]
+        classes = list(datasets[0].classes)
+        check_classes(classes, list(datasets[1].classes), source.name)
+    return splits, classes

@@ -268,6 +268,19 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     check_creatable_dir(parser, "--out" if args.out else "runs", args.out or "runs", writable=True)
 
 
+def check_saved_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> None:
+    check_readable_dir(parser, "RUN_DIR", args.run_dir)
+    for name in ("config.json", "checkpoint.pt"):
+        if not os.path.isfile(os.path.join(args.run_dir, name)):
+            parser.error(f"RUN_DIR {args.run_dir}: not a finished run folder (no {name} in it)")
+    if command == "predict":
+        for image in args.images:
+            if not os.path.isfile(image) or not os.access(image, os.R_OK):
+                parser.error(f"IMAGE {image}: no such readable file")
+    elif args.image_folder:
+        check_image_folder(parser, args.image_folder)
+
+
 def process_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """How many processes to launch on this machine: --procs N or one per device of a list (none under torchrun,
     which launched this one)."""
@@ -292,12 +305,13 @@ def main(argv: list | None = None) -> int:
                 build_parser().error(f"list takes no arguments (got {' '.join(argv[1:])})")
             print(version_table())
             return 0
-        import commands
-
         if argv[0] in ("eval", "predict"):
             parser = build_saved_run_parser(argv[0])
-            return commands.guarded(lambda progress: commands.run_saved(parser, parser.parse_args(argv[1:]),
-                                                                        argv[0]))
+            args = parser.parse_args(argv[1:])
+            check_saved_run_args(parser, args, argv[0])
+            import commands
+
+            return commands.guarded(lambda progress: commands.run_saved(parser, args, argv[0]))
         parser = build_parser()
         args = parser.parse_args(argv)
         check_training_args(parser, args)
@@ -306,6 +320,8 @@ def main(argv: list | None = None) -> int:
             import distributed
 
             return distributed.launch(processes, argv)
+        import commands
+
         return commands.guarded(lambda progress: commands.run_training(parser, args, argv, progress))
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1

@@ -1,12 +1,19 @@
-"""Pictures of runs: learning curves, the results table's curves and confusion matrices (PNG, no display).
-Each function renders into a file object, which the run folder's writer then puts in place."""
+"""Pictures of runs: learning curves, the results table's curves, confusion matrices and the most confident
+mistakes. Each function returns a matplotlib figure: `save` renders one as PNG into a file object (which the run
+folder's writer puts in place), and TensorBoard takes the same figures."""
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(metrics: list, reference_test_acc: float | None, f, title: str) -> None:
+def save(figure, f) -> None:
+    figure.tight_layout()
+    figure.savefig(f, format="png", dpi=100)
+    plt.close(figure)
+
+
+def curves_figure(metrics: list, reference_test_acc: float | None, title: str):
     """Loss and accuracy by epoch, train against test: the gap between them is the ladder's story."""
     epochs = [row["epoch"] for row in metrics]
     tested = [row for row in metrics if row["test_acc"] is not None]
@@ -23,12 +30,10 @@ def plot_curves(metrics: list, reference_test_acc: float | None, f, title: str) 
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(f, format="png", dpi=100)
-    plt.close(figure)
+    return figure
 
 
-def plot_results(curves: dict, f) -> None:
+def results_figure(curves: dict):
     """Test accuracy by epoch for every version, one panel per dataset. curves: dataset -> {label: (x, y)}."""
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
     for axis, (dataset, lines) in zip(axes[0], curves.items()):
@@ -39,12 +44,10 @@ def plot_results(curves: dict, f) -> None:
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(f, format="png", dpi=100)
-    plt.close(figure)
+    return figure
 
 
-def plot_confusion(confusion, classes: list, f, title: str) -> None:
+def confusion_figure(confusion, classes: list, title: str):
     figure, axis = plt.subplots(figsize=(7, 6))
     image = axis.imshow(confusion.numpy(), cmap="Blues")
     axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -58,6 +61,29 @@ def plot_confusion(confusion, classes: list, f, title: str) -> None:
                       color="white" if value > confusion.max() / 2 else "black")
     figure.colorbar(image)
     axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(f, format="png", dpi=100)
-    plt.close(figure)
+    return figure
+
+
+def select_mistakes(outputs, labels, limit: int = 64) -> list:
+    """[(index, predicted class, probability)] of the wrongly classified images, the most confident first.
+    outputs: log-probabilities (N, classes); labels: (N,)."""
+    probabilities, predicted = outputs.exp().max(dim=1)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = wrong[probabilities[wrong].argsort(descending=True, stable=True)][:limit]
+    return [(int(i), int(predicted[i]), float(probabilities[i])) for i in order]
+
+
+def mistakes_figure(images, labels, mistakes: list, classes: list, title: str):
+    """A grid of mistaken test images (uint8 (N, C, H, W)), each titled with its true and predicted class and the
+    probability the model gave the prediction."""
+    columns = 8
+    rows = max(1, -(-len(mistakes) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (index, predicted, probability) in zip(axes.flat, mistakes):
+        image = images[index].permute(1, 2, 0).numpy()
+        axis.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1 else None)
+        axis.set_title(f"{classes[int(labels[index])]}\n-> {classes[predicted]} {probability:.2f}", fontsize=8)
+    figure.suptitle(title)
+    return figure

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 from dataclasses import asdict
@@ -22,8 +23,11 @@ from settings import TOOL, Recipe, RunConfig, RunIdentity, Runtime, from_record
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CURVES, CONFUSION, MISTAKES)
+EVENT_FILES, HPARAMS_RUN = "events.out.tfevents.", "hparams"  # TensorBoard's, written by events.py
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 CONFIG_FORMAT = 2
+UMASK = os.umask(0)
+os.umask(UMASK)
 CHECKPOINT_KEYS = {"version", "epoch", "model", "optimizer", "shuffle_rng", "metrics", "classes"}
 FORMAT_1_KEYS = {"version", "dataset", "model", "model_args", "params", "optimizer", "lr", "epochs", "batch_size",
                  "seed", "device", "loader", "eval_every", "data_dir", "image_folder", "overrides"}
@@ -31,9 +35,10 @@ FORMAT_1_KEYS = {"version", "dataset", "model", "model_args", "params", "optimiz
 
 def atomic_write(path: Path, write, verify=None) -> None:
     """write(f) into a unique temporary file beside path, flushed and fsynced, checked by verify(temporary path)
-    when given, then renamed over path."""
+    when given, then renamed over path (with the permissions a plain new file would have)."""
     handle, temporary = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~UMASK)
     try:
         with open(temporary, "wb") as f:
             write(f)
@@ -156,8 +161,11 @@ class RunFolder:
         if not self.writer:
             return
         for entry in self.path.iterdir():
-            if entry.name in RUN_FILES or (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            if entry.name in RUN_FILES or entry.name.startswith(EVENT_FILES) or \
+                    (entry.name.startswith(".") and entry.name.endswith(".tmp")):
                 entry.unlink()
+            elif entry.name == HPARAMS_RUN and entry.is_dir():
+                shutil.rmtree(entry)
 
     def write_config(self, run: RunConfig, **facts) -> None:
         """config.json: the run's settings, what it was trained on and with which software."""

@@ -131,7 +131,7 @@ def write_results(results_dir: Path, planned: list) -> list:
     if curves:
         import plots
 
-        atomic_write(results_dir / "results.png", lambda f: plots.plot_results(curves, f))
+        atomic_write(results_dir / "results.png", lambda f: plots.save(plots.results_figure(curves), f))
     return rows
 
 

@@ -8,9 +8,11 @@ from data import DataSource, check_classes, load_image, load_split
 from errors import CheckpointError
 from loaders import BatchPlan, ResidentLoader
 from models import build_model
-from records import CONFUSION, RunFolder
+from records import CONFUSION, MISTAKES, RunFolder
 from settings import DATASETS, RunConfig
 from train import TTA_NAMES, evaluate, tta_output, uses_channels_last
+
+MISTAKES_SHOWN = 64
 
 
 def load_trained(folder: RunFolder, device: torch.device) -> tuple[RunConfig, nn.Module, list]:
@@ -30,17 +32,22 @@ def load_trained(folder: RunFolder, device: torch.device) -> tuple[RunConfig, nn
 
 
 def evaluate_run(folder: RunFolder, device: torch.device, source: DataSource, quiet: bool) -> dict:
-    """Test a saved run on its test split: loss, accuracy, per-class accuracy, and confusion.png."""
+    """Test a saved run on its test split (with its recipe's test-time augmentation): loss, accuracy, per-class
+    accuracy, confusion.png, and mistakes.png with the most confident mistakes."""
     run, model, classes = load_trained(folder, device)
     test = load_split(source, train=False)
     check_classes(classes, test.classes, source.name)
     loader = ResidentLoader(test, BatchPlan(len(test.labels), run.recipe.batch_size), device)
-    result = evaluate(model, loader, device, False, quiet, len(classes), tta=run.recipe.tta)
+    result = evaluate(model, loader, device, False, quiet, len(classes), tta=run.recipe.tta, keep_outputs=True)
     per_class = (result.confusion.diag() / result.confusion.sum(dim=1).clamp(min=1)).tolist()
-    folder.write_picture(CONFUSION, lambda f: plots.plot_confusion(result.confusion, classes, f,
-                                                                   f"Version {run.version}"))
+    title = f"Version {run.version}"
+    folder.write_picture(CONFUSION, lambda f: plots.save(plots.confusion_figure(result.confusion, classes, title), f))
+    mistakes = plots.select_mistakes(result.outputs, test.labels, MISTAKES_SHOWN)
+    folder.write_picture(MISTAKES, lambda f: plots.save(plots.mistakes_figure(
+        test.images, test.labels, mistakes, classes, f"{title}: the most confident mistakes"), f))
+    wrong = int(result.confusion.sum() - result.confusion.trace())
     return dict(loss=result.loss, accuracy=result.accuracy, per_class=dict(zip(classes, per_class)),
-                tta=TTA_NAMES.get(run.recipe.tta))
+                tta=TTA_NAMES.get(run.recipe.tta), wrong=wrong, shown=len(mistakes), total=len(test.labels))
 
 
 @torch.no_grad()

@@ -15,10 +15,11 @@ from torch import nn
 
 from console import progress
 from distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
-from data import DataSource, check_classes, load_split
+from data import DataSource
 from devices import prepare_torch, resolve_device, seed_process, to_device
+from events import RunLog, hyperparameters
 from errors import CheckpointError, RunnerError
-from loaders import Augmentation, BatchPlan, ClassicLoader, ResidentLoader, classic_dataset, classic_transform
+from loaders import load_splits, make_loaders
 from models import build_model, count_parameters, fit_input_layers
 from records import CURVES, RunFolder
 from settings import DATASETS, RunConfig
@@ -67,7 +68,8 @@ def to_model_input(images: torch.Tensor, labels: torch.Tensor, device: torch.dev
     return images, to_device(labels, device)
 
 
-def train_epoch(state: TrainingState, loader, epoch: int, quiet: bool) -> tuple[float, float]:
+def train_epoch(state: TrainingState, loader, epoch: int, quiet: bool, log=None) -> tuple[float, float, int]:
+    """Returns the epoch's mean loss, accuracy and number of images (over every process)."""
     state.step_model.train()
     device, channels_last = state.device, uses_channels_last(state.model)
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
@@ -81,25 +83,28 @@ def train_epoch(state: TrainingState, loader, epoch: int, quiet: bool) -> tuple[
         totals += torch.stack([loss.double(), correct.double(), torch.tensor(len(labels), device=device,
                                                                               dtype=torch.float64)])
         if step % REFRESH_EVERY == 0 or step == len(loader):
-            checked = check_progress(state, totals, checked, epoch, step)
+            window = check_progress(state, totals, checked, epoch, step)
+            checked += window
             bar.show(loss=f"{checked[0] / checked[2]:.4f}")
+            if log and window[2]:
+                log.running_loss(state.step, float(window[0] / window[2]))
         state.group.check_stop()
     state.group.settle()
-    return (checked[0] / checked[2]).item(), (checked[1] / checked[2]).item()
+    return (checked[0] / checked[2]).item(), (checked[1] / checked[2]).item(), int(checked[2])
 
 
 def check_progress(state: TrainingState, totals: torch.Tensor, checked: torch.Tensor, epoch: int,
                    step: int) -> torch.Tensor:
-    """Read the epoch's sums (over every process) and stop a diverging run; returns the sums read."""
-    now = state.group.all_sum(totals.clone()).cpu()
-    window = now - checked
+    """Read the epoch's sums (over every process) and stop a diverging run; returns the sums since the last
+    reading."""
+    window = state.group.all_sum(totals.clone()).cpu() - checked
     if window[2] > 0:
         why = state.diverged(float(window[0] / window[2]), float(window[1] / window[2]), 10)
         if why:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch had finished"
             raise RunnerError(f"{why} in epoch {epoch} by step {step}; the run stopped and {kept}. Try a lower "
                               f"learning rate, e.g. --lr {state.recipe.lr / 10:g}", shared=state.group.data_parallel)
-    return now
+    return window
 
 
 def tta_output(model: nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
@@ -151,43 +156,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, quiet: b
     total = confusion.sum().item()
     return TestResult(loss_sum.item() / total, confusion.trace().item() / total, confusion,
                       torch.cat(outputs) if keep_outputs else None)
-
-
-def make_loaders(run: RunConfig, source: DataSource, splits: dict, state: TrainingState, device: torch.device):
-    """Train and test loaders on one batch plan per split; the test split in order, drawing nothing random."""
-    recipe, rank, world = run.recipe, state.group.rank, state.group.size
-    augmenting = recipe.crop_padding > 0 or recipe.flip != "none"
-    if run.identity.loader == "resident":
-        augmentation = Augmentation(recipe.crop_padding, recipe.flip, state.generators["augment"],
-                                    state.generators["flip"]) if augmenting else None
-        train, test = splits[True], splits[False]
-        return (ResidentLoader(train, BatchPlan(len(train.labels), recipe.batch_size, recipe.drop_last, rank, world),
-                               device, state.generators["shuffle"], augmentation),
-                ResidentLoader(test, BatchPlan(len(test.labels), recipe.batch_size, False, rank, world), device))
-    size = DATASETS[run.dataset].size
-    train = classic_dataset(source, True, classic_transform(size, recipe.crop_padding, recipe.flip, source.resize))
-    test = classic_dataset(source, False, classic_transform(size, 0, "none", source.resize))
-    return (ClassicLoader(train, BatchPlan(len(train), recipe.batch_size, recipe.drop_last, rank, world), device,
-                          state.generators["shuffle"], state.generators["workers"]),
-            ClassicLoader(test, BatchPlan(len(test), recipe.batch_size, False, rank, world), device, None,
-                          state.generators["workers"]))
-
-
-def load_splits(run: RunConfig, source: DataSource, resume: bool) -> tuple[dict, list]:
-    """The splits the run needs in memory, and the class names: both for the resident loader; for the classic one
-    only the train split, and only when input layers are fitted to it."""
-    wanted = (True, False) if run.identity.loader == "resident" else ()
-    if not resume and (run.recipe.normalize or run.recipe.whitening) and True not in wanted:
-        wanted = (True,)
-    splits = {train: load_split(source, train) for train in wanted}
-    if len(splits) == 2:
-        classes = splits[True].classes
-        check_classes(classes, splits[False].classes, source.name)
-    else:
-        datasets = [classic_dataset(source, train) for train in (True, False)]
-        classes = list(datasets[0].classes)
-        check_classes(classes, list(datasets[1].classes), source.name)
-    return splits, classes
 
 
 def resume_state(state: TrainingState, folder: RunFolder, run: RunConfig) -> None:
@@ -247,10 +215,13 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     state.step_model = torch.compile(wrapped) if runtime.compile else wrapped
     say(f"Model Parameter Count: {count_parameters(model)}")
     say("Training...")
+    log = RunLog(folder, state.step)
+    test_split = splits.get(False) if not group.data_parallel else None
     try:
         for epoch in range(state.epoch + 1, recipe.epochs + 1):
-            run_epoch(state, run, folder, train_loader, test_loader, epoch)
+            run_epoch(state, run, folder, train_loader, test_loader, epoch, log, test_split)
     finally:
+        log.close()
         if state.metrics:
             draw_curves(folder, run, state.metrics)
     last = state.metrics[-1]
@@ -263,30 +234,55 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     return state.metrics
 
 
-def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loader, test_loader, epoch: int) -> None:
+def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loader, test_loader, epoch: int,
+              log: RunLog, test_split) -> None:
     """Train one epoch, test it when due (the last with test-time augmentation too, when the recipe has it), then
-    record it: checkpoint, metrics.csv, and the epoch's line."""
+    record it: TensorBoard, checkpoint, metrics.csv, and the epoch's line."""
     recipe, runtime, quiet = run.recipe, run.runtime, run.runtime.quiet or not is_writer()
+    last, logged = epoch == recipe.epochs, dict(log.seconds)
     started = time.perf_counter()
-    train_loss, train_acc = train_epoch(state, train_loader, epoch, quiet)
+    train_loss, train_acc, images = train_epoch(state, train_loader, epoch, quiet, log)
     row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=None, test_acc=None, lr=state.lr)
     line = f"Epoch {epoch} / {recipe.epochs} | Train Loss: {train_loss:.4f} | Train Acc: {train_acc:.4f}"
-    if epoch % runtime.eval_every == 0 or epoch == recipe.epochs:
-        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, group=state.group)
+    test = None
+    if epoch % runtime.eval_every == 0 or last:
+        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, group=state.group,
+                        keep_outputs=last and recipe.tta == "none" and test_split is not None)
         row.update(test_loss=test.loss, test_acc=test.accuracy)
         line += f" | Test Loss: {test.loss:.4f} | Test Acc: {test.accuracy:.4f}"
     row["seconds"] = round(time.perf_counter() - started, 3)
-    if epoch == recipe.epochs and recipe.tta != "none":
+    if last and recipe.tta != "none":
         started = time.perf_counter()
-        final = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, tta=recipe.tta,
-                         group=state.group)
-        row.update(final_test_loss=final.loss, final_test_acc=final.accuracy, tta=recipe.tta,
+        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, tta=recipe.tta,
+                        group=state.group, keep_outputs=test_split is not None)
+        row.update(final_test_loss=test.loss, final_test_acc=test.accuracy, tta=recipe.tta,
                    final_test_seconds=round(time.perf_counter() - started, 3))
     state.epoch = epoch
+    log.epoch(state.step, row, images)
+    if last:
+        finish_log(log, run, state, row, test, test_split)
+    row["log_seconds"] = {kind: round(log.seconds[kind] - logged[kind], 4) for kind in logged}
     state.metrics.append(row)
     folder.save_checkpoint(state.state_dict(state.group.gather(state.process_rng())))
     folder.write_metrics(state.metrics)
     say(line)
+
+
+def finish_log(log: RunLog, run: RunConfig, state: TrainingState, row: dict, test: TestResult,
+               test_split) -> None:
+    """TensorBoard's view of a finished run: hyperparameters with the final accuracies, the confusion matrix and,
+    when the test split is at hand, the most confident mistakes."""
+    import plots
+
+    title = f"Version {run.version}"
+    mistakes = None
+    if test.outputs is not None:
+        mistakes = plots.mistakes_figure(test_split.images, test_split.labels,
+                                         plots.select_mistakes(test.outputs, test_split.labels), state.classes,
+                                         f"{title}: the most confident mistakes")
+    final = {"hparam/test_accuracy": test.accuracy, "hparam/train_accuracy": row["train_acc"]}
+    log.finish(state.step, hyperparameters(run), final, plots.confusion_figure(test.confusion, state.classes, title),
+               mistakes)
 
 
 def draw_curves(folder: RunFolder, run: RunConfig, metrics: list) -> None:
@@ -294,5 +290,5 @@ def draw_curves(folder: RunFolder, run: RunConfig, metrics: list) -> None:
     from configs import VERSIONS
 
     reference = VERSIONS[run.version].reference
-    folder.write_picture(CURVES, lambda f: plots.plot_curves(metrics, reference[1] if reference else None, f,
-                                                             f"Version {run.version}"))
+    folder.write_picture(CURVES, lambda f: plots.save(plots.curves_figure(
+        metrics, reference[1] if reference else None, f"Version {run.version}"), f))

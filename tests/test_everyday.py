@@ -1,0 +1,176 @@
+"""Everyday use: TensorBoard logs, a start-up that imports only what the first step needs, image folders of any
+size (--resize), and the mistakes a saved run makes."""
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import records
+from conftest import ROOT, make_image_folder, make_mnist
+from data import DataSource, load_split
+from events import read_scalars
+from plots import select_mistakes
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def metrics(run) -> list:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_log_matches_metrics(run):
+    scalars = read_scalars(run)
+    rows = metrics(run)
+    for tag, column in (("train/loss", "train_loss"), ("train/accuracy", "train_acc"), ("test/loss", "test_loss"),
+                        ("test/accuracy", "test_acc"), ("lr", "lr"), ("time/epoch_seconds", "seconds")):
+        values = [value for _, value in scalars[tag]]
+        assert values == [np.float32(float(row[column])) for row in rows], tag
+    steps = [step for step, _ in scalars["train/loss"]]
+    assert steps == sorted(set(steps)) and len(steps) == len(rows)  # one point per epoch, on the global step
+    assert all(step <= steps[-1] for step, _ in scalars["train/running_loss"])
+
+
+def test_tensorboard_events_equal_metrics_csv(cli, mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = cli("1", "--epochs", 3, "--batch-size", 16, "--data-dir", mnist_dir, "--out", run, "--quiet")
+    assert code == 0, err
+    assert_log_matches_metrics(run)
+    assert (run / "hparams").is_dir()
+
+
+FAULT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import records, train
+real_save, real_step, steps = records.RunFolder.save_checkpoint, train.train_step, []
+
+def crash(folder, state):  # epoch 4 logged, not kept
+    raise OSError(28, "No space left on device")
+
+def stop(*args):  # a signal in the middle of an epoch
+    steps.append(1)
+    if len(steps) == 20:
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_step(*args)
+
+if {fault!r} == "crash":
+    records.RunFolder.save_checkpoint = crash
+elif {fault!r} == "stop":
+    train.train_step = stop
+import main
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_runs_stopped_crashed_and_resumed_log_each_epoch_once(tmp_path):
+    """Each session is a process of its own, as in real use: TensorBoard orders a folder's event files by the
+    time and process in their names."""
+    data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
+
+    def session(fault, *argv):
+        command = [sys.executable, "-c", FAULT.format(root=str(ROOT), fault=fault), *map(str, argv), "--quiet"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    stopped = session("stop", "1", "--epochs", 3, "--batch-size", 16, "--data-dir", data, "--out", run)
+    assert stopped.returncode == 130 and records.load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    assert session(None, "--resume", run).returncode == 0
+    crashed = session("crash", "--resume", run, "--epochs", 5)
+    assert crashed.returncode == 1 and "No space left" in crashed.stderr
+    assert session(None, "--resume", run, "--epochs", 5).returncode == 0
+    assert [row["epoch"] for row in metrics(run)] == ["1", "2", "3", "4", "5"]
+    assert_log_matches_metrics(run)
+
+
+STARTUP_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+import train
+real = train.train_step
+
+def first_step(*args):
+    heavy = sorted(name for name in ("torchvision", "matplotlib", "tensorboard", "torch.utils.tensorboard", "PIL")
+                   if name in sys.modules)
+    print("imported before the first step:", heavy, flush=True)
+    train.train_step = real
+    return real(*args)
+
+train.train_step = first_step
+import main
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_the_path_to_the_first_step_imports_no_torchvision_matplotlib_or_tensorboard(tmp_path):
+    data = make_mnist(tmp_path / "data")
+    argv = ["1", "--epochs", "1", "--data-dir", str(data), "--quiet", "--threads", "1"]
+    first = subprocess.run([sys.executable, str(ROOT / "main.py"), *argv, "--out", str(tmp_path / "a")],
+                           capture_output=True, text=True, timeout=120)  # decodes the dataset into the cache
+    assert first.returncode == 0, first.stderr
+    probed = subprocess.run([sys.executable, "-c", STARTUP_PROBE.format(root=str(ROOT)), *argv, "--out",
+                             str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert probed.returncode == 0, probed.stderr
+    assert "imported before the first step: []" in probed.stdout
+
+
+def test_list_help_and_usage_errors_import_no_torch():
+    for argv in (["list"], ["--help"], ["1", "--epochs", "0"]):
+        probe = ("import sys; sys.path.insert(0, {root!r}); import main; code = main.main({argv!r}); "
+                 "print('torch imported:', 'torch' in sys.modules)").format(root=str(ROOT), argv=argv)
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert "torch imported: False" in result.stdout, (argv, result.stdout, result.stderr)
+
+
+def test_resize_makes_a_folder_of_any_size_usable(cli, tmp_path):
+    folder = make_image_folder(tmp_path / "big", size=40, train=40, test=20)
+    code, _, err = cli("6", "--epochs", 1, "--image-folder", folder, "--out", tmp_path / "refused", "--quiet")
+    assert code == 1 and "is 40x40 but this version takes 32x32" in err and "--resize" in err
+    code, _, err = cli("6", "--epochs", 1, "--resize", "--image-folder", folder, "--out", tmp_path / "run",
+                       "--quiet")
+    assert code == 0, err
+    resized = load_split(DataSource("cifar10", "unused", str(folder), str(tmp_path / "c"), resize=True), False)
+    first = sorted((folder / "test").rglob("*.png"))[0]
+    expected = np.asarray(Image.open(first).convert("RGB").resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1)
+    assert resized.images.shape[1:] == (3, 32, 32) and torch.equal(resized.images[0], torch.from_numpy(expected))
+
+
+def test_resize_in_a_table_serves_every_version_at_its_own_size(cli, tmp_path):
+    folder = make_image_folder(tmp_path / "big", size=40, train=40, test=20)
+    table = tmp_path / "table"
+    code, _, err = cli("1,6", "--epochs", 1, "--resize", "--image-folder", folder, "--out", table, "--quiet")
+    assert code == 0, err
+    with open(table / "results.csv", newline="") as f:
+        assert [row["dataset"] for row in csv.DictReader(f)] == ["mnist (folder: big)", "cifar10 (folder: big)"]
+    code, out, err = cli("predict", table / "v1", sorted((folder / "test").rglob("*.png"))[0])
+    assert code == 0, err
+    assert [name.split()[0][:5] for name in out.split(": ", 1)[1].split(", ")] == ["class"] * 3
+
+
+def test_resize_needs_an_image_folder(cli):
+    code, _, err = cli("1", "--resize")
+    assert code == 2 and "--image-folder" in err.strip().splitlines()[-1]
+
+
+def test_eval_writes_the_most_confident_mistakes(cli, image_folder, tmp_path):
+    run = tmp_path / "run"
+    assert cli("7", "--epochs", 1, "--image-folder", image_folder, "--out", run, "--quiet")[0] == 0
+    code, out, err = cli("eval", run, "--quiet")
+    assert code == 0, err
+    accuracy = float(out.split("Test Acc: ")[1].split()[0])
+    line = next(line for line in out.splitlines() if line.startswith("Mistakes: "))
+    wrong, total = int(line.split()[1]), int(line.split()[3])
+    assert total == 30 and wrong == round((1 - accuracy) * total)
+    assert f"the {min(wrong, 64)} most confident" in line
+    assert (run / "mistakes.png").read_bytes().startswith(PNG)
+
+
+def test_mistakes_are_the_wrong_predictions_most_confident_first():
+    outputs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]]).log()
+    labels = torch.tensor([1, 1, 1, 0, 0])
+    chosen = select_mistakes(outputs, labels, limit=3)
+    assert [(index, predicted) for index, predicted, _ in chosen] == [(0, 0), (3, 1), (2, 0)]
+    assert [probability for _, _, probability in chosen] == pytest.approx([0.9, 0.7, 0.6])
