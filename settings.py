@@ -143,7 +143,8 @@ class Runtime:
         "--image-folder", "use DIR/train/<class>/* and DIR/test/<class>/* instead of the version's dataset", str,
         "DIR"))
     cache_dir: str | None = field(default=None, metadata=option(
-        "--cache-dir", "decoded datasets and image folders (default: see README)", str, "DIR"))
+        "--cache-dir", "decoded datasets and image folders (default $XDG_CACHE_HOME/basic-image-classification, "
+        "else ~/.cache/basic-image-classification)", str, "DIR"))
     eval_every: int = field(default=1, metadata=option(
         "--eval-every", "test every K epochs (default 1; the last epoch is always tested)", positive_int, "K"))
     compile: bool = field(default=False, metadata=option("--compile", "torch.compile the model"))
