@@ -203,3 +203,15 @@ def test_v13_prints_that_its_final_test_uses_test_time_augmentation(cli, tmp_pat
     assert final.startswith("Test Loss: ") and final.endswith("(test-time augmentation: mirror and 1-pixel shifts)")
     assert whitening_layer(build_model(VERSIONS[13].recipe, 3)) is not None
     assert math.isfinite(float(final.split("Test Acc: ")[1].split()[0]))
+
+
+def test_the_classic_loop_trains_the_augmented_and_normalised_versions(cli, tmp_path):
+    """--loader torchvision keeps working for 10 and 11: torchvision's RandomCrop (reflect) and RandomHorizontalFlip
+    in the workers, the normalisation in the model as on the resident path."""
+    folder = make_image_folder(tmp_path / "images", train=48, test=20)
+    for version in (10, 11):
+        code, _, err = cli(version, "--epochs", 1, "--batch-size", 16, "--loader", "torchvision", "--image-folder",
+                           folder, "--out", tmp_path / f"v{version}", "--quiet")
+        assert code == 0, err
+    state = records.load_checkpoint(tmp_path / "v11" / "checkpoint.pt")
+    assert state["model"]["0.std"].flatten().tolist() != [1.0, 1.0, 1.0]  # fitted to the training split
