@@ -84,7 +84,7 @@ def bench_version(version: int, args: argparse.Namespace, device: torch.device) 
     batch_size = args.batch_size or recipe.batch_size
     torch.manual_seed(0)
     model = build_model(recipe, DATASETS[row.dataset].channels)
-    fit_input_layers(model, split.images)
+    fit_input_layers(model, split.images, torch.Generator().manual_seed(0))
     model = model.to(device)
     if uses_channels_last(model):
         model = model.to(memory_format=torch.channels_last)

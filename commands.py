@@ -8,11 +8,14 @@ from pathlib import Path
 
 import distributed
 from configs import VERSIONS
-from console import STOP, Stopped
+from console import EXIT_CODES, STOP, Stopped
 from errors import RunnerError
 from main import default_cache_dir
-from records import CHECKPOINT, RunFolder
-from settings import Recipe, RunConfig, RunIdentity, Runtime, given
+from records import CHECKPOINT, RunFolder, write_text
+from settings import Recipe, RunConfig, RunIdentity, Runtime, flag_fields, given
+
+
+TRACEBACK = "BASIC_IMAGE_CLASSIFICATION_TRACEBACK"  # set it to see an unexpected failure's traceback
 
 
 class Progress:
@@ -26,16 +29,25 @@ class Progress:
 
 
 def command_line(*words) -> str:
-    """A command a user can paste: every word shell-quoted."""
+    """A command a user can paste: every word shell-quoted; under torchrun, its launcher is to be given again."""
+    if distributed.launched_by_torchrun():
+        return "torchrun [the same options] " + shlex.join(["main.py", *map(str, words)])
     return shlex.join(["python", "main.py", *map(str, words)])
 
 
+def procs_words(args) -> list:
+    """The words that launched this command's processes, for the command that continues it."""
+    if args.procs:
+        return ["--procs", args.procs]
+    return ["--device", args.device] if args.device and "," in args.device else []
+
+
 def device_or_error(parser, name: str, amp: bool):
-    """The device, or a usage error (exit 2) when it is missing or cannot run --amp."""
+    """This process's device, or a usage error (exit 2) when it is missing or cannot run --amp."""
     from devices import check_amp, resolve_device
 
     try:
-        device = resolve_device(name)
+        device = resolve_device(distributed.process_device(name))
         if amp:
             check_amp(device)
         return device
@@ -66,15 +78,15 @@ def run_config(version: int, args, seed: int, device, group) -> RunConfig:
 def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set):
     """Under torchrun: check what only several processes can check, join them, and return the Group a run
     trains across (all of them for one run; each process alone for a table's runs)."""
-    marker = distributed.failure_marker(args.out)
+    marker = distributed.failure_marker(args.out or args.resume)
     if marker and distributed.restart_count() and marker.exists():
         raise RunnerError(marker.read_text().strip(), shared=True)
-    if args.sync_bn and not (distributed.launched() and device.type == "cuda"):
-        parser.error("--sync-bn needs several processes on CUDA (torchrun); PyTorch's SyncBatchNorm has no CPU "
-                     "version")
+    if getattr(args, "sync_bn", None) and not (distributed.launched() and device.type == "cuda" and data_parallel):
+        parser.error("--sync-bn needs one version trained by several processes on CUDA (torchrun); PyTorch's "
+                     "SyncBatchNorm has no CPU version")
     if not distributed.launched():
         return distributed.SOLO
-    if distributed.restarts_allowed() and not args.out:
+    if distributed.restarts_allowed() and not (args.out or args.resume):
         parser.error("torchrun --max-restarts: give --out, so that restarted processes continue the same folder")
     world = distributed.environment("WORLD_SIZE")
     uneven = sorted(size for size in batch_sizes if size % world)
@@ -93,7 +105,7 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     if args.resume:
         resume(parser, args, progress)
         return
-    device = device_or_error(parser, distributed.process_device(args.device or "auto"), bool(args.amp))
+    device = device_or_error(parser, args.device or "auto", bool(args.amp))
     seeds = args.seeds or [args.seed or 0]
     several = len(args.versions) * len(seeds) > 1
     batch_sizes = {args.batch_size or VERSIONS[version].recipe.batch_size for version in args.versions}
@@ -130,7 +142,8 @@ def train_one(run: RunConfig, args, group, progress: Progress) -> None:
         "choosing the run folder", lambda: str(RunFolder.new(Path("runs"), name).path)))
     folder = RunFolder(path, writer=group.rank == 0)
     progress.created = None if args.out else folder.path
-    progress.folder, progress.resume_command = folder.path, command_line("--resume", folder.path)
+    progress.folder = folder.path
+    progress.resume_command = command_line("--resume", folder.path, *procs_words(args))
     restarted = distributed.restart_count() > 0 and distributed.on_first("looking for the run's checkpoint",
                                                                           folder.has_checkpoint)
     if restarted:
@@ -142,23 +155,37 @@ def train_one(run: RunConfig, args, group, progress: Progress) -> None:
 
 def resume(parser, args, progress: Progress) -> None:
     """Continue a run folder: only runtime settings may change, and --epochs may grow unless a schedule spans the
-    run's steps."""
-    import train
-    from data import DataSource, data_identity
-
+    run's steps. Switches (--compile, --quiet) are as given now; paths, threads and --eval-every as before unless
+    given."""
     folder = RunFolder(Path(args.resume))
     run = folder.read_config()
     changes = given(Runtime, vars(args))
-    device = device_or_error(parser, distributed.process_device(changes.get("device", run.runtime.device)),
-                             run.identity.amp)
+    stored = run.runtime.device
+    if distributed.launched() and stored.startswith("cuda"):
+        stored = "cuda"  # each process takes the GPU of its LOCAL_RANK again
+    device = device_or_error(parser, changes.get("device", stored), run.identity.amp)
     group = join_processes(parser, args, device, True, {run.recipe.batch_size})
+    progress.marker = distributed.failure_marker(args.resume)
     folder.writer = group.rank == 0
+    try:
+        continue_run(run, folder, changes, device, group, args, progress)
+    except RunnerError as error:
+        error.shared = group.data_parallel
+        raise
+
+
+def continue_run(run: RunConfig, folder: RunFolder, changes: dict, device, group, args, progress: Progress) -> None:
+    """Every process of a resumed run meets the same failures here."""
+    import train
+    from data import DataSource, data_identity
+
     for name in ("data_dir", "image_folder", "cache_dir"):
         if name in changes:
             changes[name] = os.path.abspath(changes[name])
     if distributed.launched():
         changes["threads"] = distributed.process_threads(args.threads)
-    runtime = replace(run.runtime, **{**changes, "device": str(device), "rank": distributed.rank(),
+    switches = {f.name: False for f in flag_fields(Runtime) if f.metadata["parse"] is None}
+    runtime = replace(run.runtime, **{**switches, **changes, "device": str(device), "rank": distributed.rank(),
                                       "world_size": group.size})
     if {"data_dir", "image_folder"} & changes.keys():
         source = DataSource(run.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir, run.identity.resize)
@@ -171,7 +198,8 @@ def resume(parser, args, progress: Progress) -> None:
                           f"{run.recipe.epochs} epochs, so it cannot change to {epochs}: start a new run with "
                           f"--epochs {epochs}")
     run = replace(run, recipe=replace(run.recipe, epochs=epochs), runtime=runtime)
-    progress.folder, progress.resume_command = folder.path, command_line("--resume", folder.path)
+    progress.folder = folder.path
+    progress.resume_command = command_line("--resume", folder.path, *procs_words(args))
     train.fit(run, folder, True, group)
 
 
@@ -204,12 +232,23 @@ def run_saved(parser, args, command: str) -> None:
 def fail(message: str, code: int, shared: bool = False, marker: Path | None = None) -> int:
     """One line on stderr; a failure every process shares is told by the first alone. With a marker, restarted
     processes will find the failure and end at once instead of repeating it."""
-    if marker:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(message + "\n")
     if not shared or distributed.is_writer():
+        if marker:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                write_text(marker, message + "\n")
+            except OSError:
+                pass  # without the marker, restarted processes meet the failure again
         print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def stopped(progress: Progress, code: int) -> int:
+    if progress.label == "Run folder" and not (progress.folder and (progress.folder / CHECKPOINT).exists()):
+        return fail("interrupted before the first epoch finished; nothing to resume: start the run again", code,
+                    shared=True)
+    return fail(f"interrupted; every finished epoch is kept. Continue with: {progress.resume_command}", code,
+                shared=True)
 
 
 def guarded(work) -> int:
@@ -222,12 +261,7 @@ def guarded(work) -> int:
     try:
         work(progress)
     except (Stopped, KeyboardInterrupt) as stop:
-        code = stop.exit_code if isinstance(stop, Stopped) else 130
-        if progress.label == "Run folder" and not (progress.folder and (progress.folder / CHECKPOINT).exists()):
-            return fail("interrupted before the first epoch finished; nothing to resume: start the run again", code,
-                        shared=True)
-        return fail(f"interrupted; every finished epoch is kept. Continue with: {progress.resume_command}", code,
-                    shared=True)
+        return stopped(progress, stop.exit_code if isinstance(stop, Stopped) else 130)
     except distributed.PeerLost:
         return 1  # the process that failed has said why
     except RunnerError as error:
@@ -237,11 +271,17 @@ def guarded(work) -> int:
     except OSError as error:
         return fail(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}; free space or "
                     "choose another --out / --data-dir", 1)
-    except RuntimeError as error:
+    except Exception as error:  # noqa: BLE001 - the last resort: one line, never a traceback
+        if STOP.signum is not None:
+            return stopped(progress, EXIT_CODES[STOP.signum])  # e.g. DataLoader workers ended by the same Ctrl-C
         why = distributed.lost_peers(error)
-        if why is None:
+        if why is not None:
+            return fail(why, 1) if why else 1
+        if os.environ.get(TRACEBACK):
             raise
-        return fail(why, 1) if why else 1
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return fail(f"unexpected {type(error).__name__}: {first} (set {TRACEBACK}=1 to see where; please report it "
+                    "with the command that led to it)", 1)
     finally:
         STOP.uninstall()
         if distributed.is_writer() and progress.created and progress.created.is_dir() and \

@@ -12,20 +12,19 @@ import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from console import STOP, progress
+from folders import list_image_folder, split_folder
 from errors import DataError
 from records import atomic_write
 from settings import DATASETS
 
 CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served
 CLASSES_PER_MODEL = 10
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # The files each dataset keeps under --data-dir, per split (torchvision's layout).
 FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
 IDX_FILES = {True: ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"],
@@ -143,35 +142,6 @@ def _decode_dataset(source: DataSource, train: bool, files: list) -> Split:
     else:
         images = dataset.data.unsqueeze(1)
     return Split(images, torch.as_tensor(dataset.targets, dtype=torch.int64), list(dataset.classes))
-
-
-def split_folder(image_folder: str, train: bool) -> Path:
-    return Path(image_folder) / ("train" if train else "test")
-
-
-def _visible(name: str) -> bool:
-    """Hidden entries (.DS_Store, AppleDouble ._files, .ipynb_checkpoints) are never data."""
-    return not name.startswith(".")
-
-
-@lru_cache(maxsize=8)
-def list_image_folder(folder: Path) -> tuple:
-    """(class names, [(path, class index)]) as torchvision's ImageFolder orders them, without hidden entries."""
-    try:
-        classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and _visible(entry.name))
-    except OSError as error:
-        raise DataError(f"{folder} is not a usable image folder ({error.strerror}): it needs one sub-folder of "
-                        "images per class") from None
-    samples = []
-    for index, name in enumerate(classes):
-        for root, dirs, files in sorted(os.walk(folder / name, followlinks=True)):
-            if not all(_visible(part) for part in Path(root).relative_to(folder / name).parts):
-                continue
-            samples += [(os.path.join(root, file), index) for file in sorted(files)
-                        if _visible(file) and file.lower().endswith(IMAGE_EXTENSIONS)]
-    if not samples:
-        raise DataError(f"{folder} holds no images: it needs one sub-folder of images per class")
-    return classes, samples
 
 
 def decode_image(path: str, channels: int, size: int, resize: bool) -> np.ndarray:

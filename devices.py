@@ -64,23 +64,24 @@ def prepare_torch(threads: int | None, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def device_rng_state(device: torch.device) -> torch.Tensor | None:
-    """The training device's own generator state (CUDA or MPS); the CPU's is saved with torch's."""
+def device_rng_state(device: torch.device) -> dict | None:
+    """The training device's own generator state (CUDA or MPS), with its kind; the CPU's is saved with torch's."""
     if device.type == "cuda":
-        return torch.cuda.get_rng_state(device)
+        return {"type": "cuda", "state": torch.cuda.get_rng_state(device)}
     if device.type == "mps":
-        return torch.mps.get_rng_state()
+        return {"type": "mps", "state": torch.mps.get_rng_state()}
     return None
 
 
-def restore_device_rng(device: torch.device, state: torch.Tensor | None) -> None:
-    """Restore onto the device the run trains on now, whatever its index was when the state was saved."""
-    if state is None:
+def restore_device_rng(device: torch.device, saved: dict | None) -> None:
+    """Restore onto the device the run trains on now, whatever its index was when the state was saved; a state
+    of another kind of device is left aside (that generator starts fresh)."""
+    if saved is None or saved["type"] != device.type:
         return
     if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    elif device.type == "mps":
-        torch.mps.set_rng_state(state)
+        torch.cuda.set_rng_state(saved["state"], device)
+    else:
+        torch.mps.set_rng_state(saved["state"])
 
 
 def copies_asynchronously(tensor, device: torch.device) -> bool:

@@ -18,10 +18,11 @@ import torch.distributed as dist
 
 from console import STOP, Stopped
 from errors import ProcessesLost, RunnerError
+from records import FAILURE_MARKER
 
+LAUNCHER = "BASIC_IMAGE_CLASSIFICATION_LAUNCHER"  # set for the processes that --procs or a device list starts
 TRAIN_TIMEOUT = datetime.timedelta(minutes=10)
 CONTROL_TIMEOUT = datetime.timedelta(days=7)
-FAILURE_MARKER = ".failed"
 
 _control = None
 
@@ -29,6 +30,11 @@ _control = None
 def launched() -> bool:
     """Started by torchrun (or by --procs through its launcher)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launched_by_torchrun() -> bool:
+    """Started by a torchrun command (not by --procs or a device list, which launch through torchrun's API)."""
+    return launched() and LAUNCHER not in os.environ
 
 
 def environment(name: str, default: int = 0) -> int:
@@ -94,9 +100,12 @@ def _collective(what: str, operation):
     """Run a collective of the control group; a timeout or a lost peer becomes one line naming `what`."""
     try:
         return operation()
-    except dist.DistError as error:
-        if "timeout" in str(error).lower() or "timed out" in str(error).lower():
-            raise ProcessesLost(f"timed out waiting for the other processes at {what}") from None
+    except (RuntimeError, dist.DistError) as error:
+        why = lost_peers(error, what)
+        if why is None:
+            raise
+        if why:
+            raise ProcessesLost(why) from None
         raise PeerLost(what) from None
 
 
@@ -104,16 +113,18 @@ class PeerLost(Exception):
     """Another process of the run ended (it says why); this one ends quietly."""
 
 
-def lost_peers(error: BaseException) -> str | None:
-    """For an error from a collective: None when it is not one; '' when another process ended (it says why);
-    otherwise a line saying what timed out."""
+def lost_peers(error: BaseException, what: str = "a collective of the training") -> str | None:
+    """For an error from a collective: None when it is not one; '' when another process ended (that one says why);
+    otherwise one line saying what failed or timed out."""
     if not dist.is_initialized() or not isinstance(error, (RuntimeError, dist.DistError)):
         return None
     text = str(error).lower()
     if "timeout" in text or "timed out" in text:
-        return "timed out waiting for the other processes while training (a collective of the run)"
-    if isinstance(error, dist.DistError) or "closed by peer" in text or "connection reset" in text:
+        return f"timed out waiting for the other processes at {what}"
+    if "closed by peer" in text or "connection reset" in text or "broken pipe" in text:
         return ""
+    if isinstance(error, dist.DistError):
+        return f"the processes failed at {what}: {str(error).strip().splitlines()[0]}"
     return None
 
 
@@ -209,13 +220,21 @@ SOLO = Group()
 
 
 def process_device(name: str) -> str:
-    """This process's device: under several processes `cuda` is cuda:LOCAL_RANK, and a list gives each local
-    process its own entry."""
+    """This process's device. Under several processes, `cuda` (and `auto` where CUDA is) is cuda:LOCAL_RANK and a
+    list gives each local process its own entry; ValueError when the processes would share one GPU."""
     names = name.split(",")
+    local_processes = environment("LOCAL_WORLD_SIZE", 1)
     if len(names) > 1:
+        if len(names) < local_processes:
+            raise ValueError(f"--device {name}: {local_processes} processes on this machine need as many devices")
         return names[local_rank()]
-    if name == "cuda" and launched():
+    if not launched():
+        return name
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return f"cuda:{local_rank()}"
+    if name.startswith("cuda:") and local_processes > 1:
+        raise ValueError(f"--device {name}: the {local_processes} processes on this machine would share one GPU; "
+                         "give --device cuda (each takes the GPU of its LOCAL_RANK) or a list of devices")
     return name
 
 
@@ -239,6 +258,7 @@ def free_port() -> int:
 def launch(processes: int, argv: list) -> int:
     """Run `main.py argv` in `processes` processes on this machine through torchrun's launcher (c10d rendezvous);
     returns the first failed process's exit status, or 0."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -246,9 +266,12 @@ def launch(processes: int, argv: list) -> int:
                           rdzv_endpoint=f"127.0.0.1:{free_port()}", run_id=f"main-{os.getpid()}", max_restarts=0,
                           monitor_interval=0.1, start_method="spawn")
     script = str(Path(__file__).resolve().parent / "main.py")
+    os.environ[LAUNCHER] = "main.py"
     try:
         elastic_launch(config, sys.executable)("-u", script, *argv)
     except ChildFailedError as error:
         codes = [failure.exitcode for failure in error.failures.values()]
         return next((code for code in codes if code > 0), 1)
+    except SignalException as stop:
+        return 128 + stop.sigval  # the processes have stopped and said so; 130 after Ctrl-C, 143 after SIGTERM
     return 0

@@ -9,12 +9,15 @@ The resident loader keeps the split on the device as uint8 and makes a batch wit
 the reflect-padded image and horizontal flips are index arithmetic inside that gather, on the device, with no
 per-image Python and no PIL.
 """
+import signal
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data import DataSource, Split, check_classes, image_mode, list_image_folder, load_split, split_folder
+from data import DataSource, Split, check_classes, image_mode, load_split
+from errors import DataError
+from folders import list_image_folder, split_folder
 from settings import DATASETS, RunConfig
 
 CLASSIC_WORKERS = 4
@@ -22,16 +25,21 @@ CLASSIC_WORKERS = 4
 
 @dataclass
 class BatchPlan:
-    """Which samples this process takes in each global batch of an epoch."""
+    """Which samples this process takes in each global batch of an epoch. For training, a last partial batch
+    smaller than the number of processes is dropped (a process would have nothing to learn from); for testing
+    (`training=False`) nothing is dropped, and a process may hold an empty share."""
 
     count: int
     batch_size: int
     drop_last: bool = False
     rank: int = 0
     world_size: int = 1
+    training: bool = True
 
     def __len__(self) -> int:
         full, rest = divmod(self.count, self.batch_size)
+        if not self.training:
+            return full + (1 if rest else 0)
         return full + (1 if rest >= self.world_size and not self.drop_last else 0)
 
     def batches(self, generator: torch.Generator | None) -> list:
@@ -171,6 +179,11 @@ def classic_dataset(source: DataSource, train: bool, transform=None) -> Dataset:
                               loader=_ConvertTo(image_mode(channels)))
 
 
+def ignore_interrupts(worker: int) -> None:
+    """A terminal's Ctrl-C reaches the workers too; only the main process decides to stop (and then ends them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ClassicLoader:
     """The seed's loop: PIL images through torchvision transforms in worker processes, every epoch."""
 
@@ -184,11 +197,16 @@ class ClassicLoader:
 
     def batches(self, epoch: int = 1):
         batches = self.plan.batches(self.shuffle)
-        loader = DataLoader(self.dataset, batch_sampler=[index.tolist() for index, _ in batches],
-                            num_workers=CLASSIC_WORKERS, pin_memory=self.pin_memory, generator=self.workers_seed,
-                            persistent_workers=False)
-        for (images, labels), (_, divisor) in zip(loader, batches):
-            yield images, labels, divisor
+        loader = iter(DataLoader(self.dataset, batch_sampler=[index.tolist() for index, _ in batches if len(index)],
+                                 num_workers=CLASSIC_WORKERS, pin_memory=self.pin_memory, generator=self.workers_seed,
+                                 persistent_workers=False, worker_init_fn=ignore_interrupts))
+        for index, divisor in batches:
+            if len(index):
+                images, labels = next(loader)
+                yield images, labels, divisor
+            else:  # an empty share of a last test batch, so that every process tests as many batches
+                image = self.dataset[0][0]
+                yield image.new_empty(0, *image.shape), torch.empty(0, dtype=torch.int64), divisor
 
 
 def classic_transform(size: int, padding: int, flip: str, resize: bool):
@@ -213,16 +231,22 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
         augmentation = Augmentation(recipe.crop_padding, recipe.flip, state.generators["augment"],
                                     state.generators["flip"]) if augmenting else None
         train, test = splits[True], splits[False]
-        return (ResidentLoader(train, BatchPlan(len(train.labels), recipe.batch_size, recipe.drop_last, rank, world),
-                               device, state.generators["shuffle"], augmentation),
-                ResidentLoader(test, BatchPlan(len(test.labels), recipe.batch_size, False, rank, world), device))
-    size = DATASETS[run.dataset].size
-    train = classic_dataset(source, True, classic_transform(size, recipe.crop_padding, recipe.flip, source.resize))
-    test = classic_dataset(source, False, classic_transform(size, 0, "none", source.resize))
-    return (ClassicLoader(train, BatchPlan(len(train), recipe.batch_size, recipe.drop_last, rank, world), device,
-                          state.generators["shuffle"], state.generators["workers"]),
-            ClassicLoader(test, BatchPlan(len(test), recipe.batch_size, False, rank, world), device, None,
-                          state.generators["workers"]))
+        loaders = (ResidentLoader(train, BatchPlan(len(train.labels), recipe.batch_size, recipe.drop_last, rank, world),
+                                  device, state.generators["shuffle"], augmentation),
+                   ResidentLoader(test, BatchPlan(len(test.labels), recipe.batch_size, rank=rank, world_size=world,
+                                                  training=False), device))
+    else:
+        size = DATASETS[run.dataset].size
+        train = classic_dataset(source, True, classic_transform(size, recipe.crop_padding, recipe.flip, source.resize))
+        test = classic_dataset(source, False, classic_transform(size, 0, "none", source.resize))
+        loaders = (ClassicLoader(train, BatchPlan(len(train), recipe.batch_size, recipe.drop_last, rank, world),
+                                 device, state.generators["shuffle"], state.generators["workers"]),
+                   ClassicLoader(test, BatchPlan(len(test), recipe.batch_size, rank=rank, world_size=world,
+                                                 training=False), device, None, state.generators["workers"]))
+    if not len(loaders[0]):
+        raise DataError(f"{source.name}: the training split is smaller than one batch of {recipe.batch_size} and the "
+                        "last partial batch is dropped: give a smaller --batch-size")
+    return loaders
 
 
 def load_splits(run: RunConfig, source: DataSource, resume: bool) -> tuple[dict, list]:

@@ -65,12 +65,17 @@ class Parser(argparse.ArgumentParser):
     torchrun's restarts the error is left in --out so that restarted processes end at once."""
 
     def error(self, message: str):
-        out = getattr(self, "out", None)
-        if out and "RANK" in os.environ and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / ".failed").write_text(f"{message}\n")
         if os.environ.get("RANK", "0") != "0":
             self.exit(2)
+        out = getattr(self, "out", None)
+        if out and "RANK" in os.environ and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
+            from records import FAILURE_MARKER, write_text
+
+            try:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                write_text(Path(out) / FAILURE_MARKER, f"{message}\n")
+            except OSError:
+                pass  # without the marker, restarted processes meet the same usage error again
         super().error(message)
 
 
@@ -124,9 +129,15 @@ def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--image-folder", metavar="DIR", help="image folder (default: the run's)")
         parser.add_argument("--cache-dir", metavar="DIR", help="decoded datasets (default: the run's)")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--device", type=device_name, default="auto", metavar="D",
+    parser.add_argument("--device", type=one_device, default="auto", metavar="D",
                         help="auto (default), cpu, cuda, cuda:K or mps")
     return parser
+
+
+def one_device(text: str) -> str:
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"'{text}': give one device")
+    return device_name(text)
 
 
 def describe_model(recipe: Recipe) -> str:
@@ -159,10 +170,12 @@ def version_table() -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]
              for line in [header, *rows]]
     seed_rows = [n for n, row in VERSIONS.items() if row.reference_source == "seed"]
-    ours = [n for n, row in VERSIONS.items() if row.reference_source != "seed"]
+    ours = [n for n, row in VERSIONS.items() if row.reference_source != "seed" and row.reference]
     footer = f"(ref train/test: the seed's published accuracies for {min(seed_rows)}-{max(seed_rows)}"
     if ours:
-        footer += f"; for {min(ours)}-{max(ours)} our own full runs on the CIFAR-10 JPEG copy (see README.md)"
+        footer += f"; for {', '.join(map(str, ours))} our own full runs on the CIFAR-10 JPEG copy (see README.md)"
+    if len(ours) + len(seed_rows) < len(VERSIONS):
+        footer += "; - : not measured yet"
     return "\n".join(lines) + "\n" + footer + ")"
 
 
@@ -200,16 +213,20 @@ def check_image_folder(parser: argparse.ArgumentParser, path: str) -> None:
 
 
 def first_image_size(parser: argparse.ArgumentParser, folder: str) -> tuple[int, int]:
+    """The size of the first training image, as the run will list the folder."""
     from PIL import Image, UnidentifiedImageError
 
-    first = next((os.path.join(root, name) for root, _, names in sorted(os.walk(os.path.join(folder, "train")))
-                  for name in sorted(names) if not name.startswith(".")), None)
-    if first is None:
-        parser.error(f"--image-folder {folder}: train/ holds no images")
+    from errors import DataError
+    from folders import list_image_folder, split_folder
+
+    try:
+        first = list_image_folder(split_folder(folder, True))[1][0][0]
+    except DataError:
+        parser.error(f"--image-folder {folder}: train/ holds no images in class folders")
     try:
         with Image.open(first) as image:
             return image.size
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
         parser.error(f"--image-folder {folder}: {first} is not an image")
 
 
@@ -233,7 +250,7 @@ def versions_on_folder(parser: argparse.ArgumentParser, args: argparse.Namespace
 def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything that can be checked without torch, in the order a user would fix it."""
     values = vars(args)
-    parser.out = args.out
+    parser.out = args.out or args.resume
     if args.resume:
         if args.versions:
             parser.error("give either VERSIONS or --resume RUN_DIR, not both")

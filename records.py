@@ -5,7 +5,6 @@ one, so a crash, a full disk or two writers at once never leave half a file. A f
 its config.json; --force clears only such folders, and a folder holding anything else is never written to. Only
 the writing process (rank 0 of several) touches the disk; the others hold a RunFolder that writes nothing.
 """
-import csv
 import json
 import os
 import pickle
@@ -24,6 +23,7 @@ CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CURVES, CONFUSION, MISTAKES)
 EVENT_FILES, HPARAMS_RUN = "events.out.tfevents.", "hparams"  # TensorBoard's, written by events.py
+FAILURE_MARKER = ".failed"  # a failure no restart can fix, for processes torchrun restarts (distributed.py)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 CONFIG_FORMAT = 2
 UMASK = os.umask(0)
@@ -54,6 +54,11 @@ def atomic_write(path: Path, write, verify=None) -> None:
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def is_ours_hidden(name: str) -> bool:
+    """A hidden file this tool leaves: a temporary file of a write cut short, or the failure marker."""
+    return name == FAILURE_MARKER or any(name.startswith(f".{file}.") and name.endswith(".tmp") for file in RUN_FILES)
 
 
 def installed_version(package: str) -> str | None:
@@ -113,17 +118,15 @@ class RunFolder:
         self.path, self.writer = Path(path), writer
 
     @classmethod
-    def new(cls, parent: Path, name: str, writer: bool = True) -> "RunFolder":
+    def new(cls, parent: Path, name: str) -> "RunFolder":
         """parent/name-YYYYmmdd-HHMMSS, made exclusively (-2, -3 ... when taken), so two runs never share one."""
         base = Path(parent) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-        if not writer:
-            return cls(base, writer)
         Path(parent).mkdir(parents=True, exist_ok=True)
         candidate, suffix = base, 2
         while True:
             try:
                 candidate.mkdir()
-                return cls(candidate, writer)
+                return cls(candidate)
             except FileExistsError:
                 candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
 
@@ -144,9 +147,10 @@ class RunFolder:
     def claim(self, force: bool) -> None:
         """Make the folder ready for a new run: a new or empty folder, a run of ours that never finished an epoch,
         or (with force) any run of ours. Anything else is refused, and nothing in it is touched."""
-        if not self.path.exists() or not any(self.path.iterdir()):
+        if not self.path.exists() or all(is_ours_hidden(entry.name) for entry in self.path.iterdir()):
             if self.writer:
                 self.path.mkdir(parents=True, exist_ok=True)
+                self.clear()
             return
         if not self.is_ours():
             raise RunnerError(f"{self.path} is not empty and not a run folder: give --out a new or empty folder "
@@ -161,8 +165,7 @@ class RunFolder:
         if not self.writer:
             return
         for entry in self.path.iterdir():
-            if entry.name in RUN_FILES or entry.name.startswith(EVENT_FILES) or \
-                    (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            if entry.name in RUN_FILES or entry.name.startswith(EVENT_FILES) or is_ours_hidden(entry.name):
                 entry.unlink()
             elif entry.name == HPARAMS_RUN and entry.is_dir():
                 shutil.rmtree(entry)
@@ -225,8 +228,3 @@ class RunFolder:
         """draw(f) renders a PNG into the file object f."""
         if self.writer:
             atomic_write(self / name, draw)
-
-
-def read_metrics(path: Path) -> list:
-    with open(path, newline="") as f:
-        return [{name: (float(value) if value else None) for name, value in row.items()} for row in csv.DictReader(f)]

@@ -20,7 +20,7 @@ def run_name(version: int, seed: int, several_seeds: bool) -> str:
     return f"v{version}-seed{seed}" if several_seeds else f"v{version}"
 
 
-def claim_results_folder(path: Path, writer: bool = True) -> None:
+def claim_results_folder(path: Path) -> None:
     """A results folder is new, empty, or holds only run folders of ours and results files; anything else is
     refused before anything is written."""
     if path.exists():
@@ -30,7 +30,7 @@ def claim_results_folder(path: Path, writer: bool = True) -> None:
         if foreign:
             raise RunnerError(f"{path} is not a results folder (it holds {foreign[0]}, which no run of this tool "
                               "wrote): give --out a new or empty folder (nothing in it was changed)")
-    elif writer:
+    else:
         path.mkdir(parents=True)
 
 
@@ -45,10 +45,10 @@ def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
         name, theirs, ours = changes[0]
         raise RunnerError(f"{folder.path} was trained with {name}={theirs!r}, this command asks {ours!r}: use "
                           "another --out, or --force to start over")
-    done = folder.epochs_done()
-    if planned.fixed_length and 0 < done < planned.recipe.epochs != stored.recipe.epochs:
+    if planned.fixed_length and planned.recipe.epochs != stored.recipe.epochs:
         raise RunnerError(f"{folder.path}: version {planned.version}'s schedule spans the {stored.recipe.epochs} "
-                          f"epochs it started with, so it cannot go on to {planned.recipe.epochs}: use another --out")
+                          f"epochs it was trained with, so it is not the {planned.recipe.epochs}-epoch run this "
+                          "command asks for: use another --out")
 
 
 def run_table(planned: list, force: bool, train, after_each_run=None) -> None:

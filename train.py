@@ -16,7 +16,7 @@ from torch import nn
 from console import progress
 from distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
 from data import DataSource
-from devices import prepare_torch, resolve_device, seed_process, to_device
+from devices import derive_seed, prepare_torch, resolve_device, seed_process, to_device
 from events import RunLog, hyperparameters
 from errors import CheckpointError, RunnerError
 from loaders import load_splits, make_loaders
@@ -208,7 +208,8 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
                               f"{state.classes}: give the data it was trained on", shared=group.data_parallel)
     else:
         if True in splits:
-            fit_input_layers(model, splits[True].images)
+            fit_input_layers(model, splits[True].images,
+                             torch.Generator().manual_seed(derive_seed(run.identity.seed, "input layers")))
         state.classes = classes
     folder.write_config(run, params=count_parameters(model), classes=classes)
     wrapped = group.wrap(model, device, run.identity.sync_bn)
@@ -247,19 +248,19 @@ def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loa
     test = None
     if epoch % runtime.eval_every == 0 or last:
         test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, group=state.group,
-                        keep_outputs=last and recipe.tta == "none" and test_split is not None)
+                        keep_outputs=last and recipe.tta == "none" and test_split is not None and folder.writer)
         row.update(test_loss=test.loss, test_acc=test.accuracy)
         line += f" | Test Loss: {test.loss:.4f} | Test Acc: {test.accuracy:.4f}"
     row["seconds"] = round(time.perf_counter() - started, 3)
     if last and recipe.tta != "none":
         started = time.perf_counter()
         test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, tta=recipe.tta,
-                        group=state.group, keep_outputs=test_split is not None)
+                        group=state.group, keep_outputs=test_split is not None and folder.writer)
         row.update(final_test_loss=test.loss, final_test_acc=test.accuracy, tta=recipe.tta,
                    final_test_seconds=round(time.perf_counter() - started, 3))
     state.epoch = epoch
     log.epoch(state.step, row, images)
-    if last:
+    if last and folder.writer:
         finish_log(log, run, state, row, test, test_split)
     row["log_seconds"] = {kind: round(log.seconds[kind] - logged[kind], 4) for kind in logged}
     state.metrics.append(row)

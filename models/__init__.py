@@ -34,10 +34,11 @@ def input_layers(model: nn.Module) -> list:
 
 
 @torch.no_grad()
-def fit_input_layers(model: nn.Module, train_images: torch.Tensor) -> None:
-    """Fit the input layers, in order, to the training split (uint8 (N, C, H, W)); whitening sees the first
-    WHITENING_IMAGES images as the layers before it make them."""
-    seen = train_images[:WHITENING_IMAGES].float().div(255)
+def fit_input_layers(model: nn.Module, train_images: torch.Tensor, generator: torch.Generator) -> None:
+    """Fit the input layers, in order, to the training split (uint8 (N, C, H, W)); whitening sees WHITENING_IMAGES
+    images drawn at random (an image folder lists its images class by class), as the layers before it make them."""
+    sample = torch.randperm(len(train_images), generator=generator)[:WHITENING_IMAGES]
+    seen = train_images[sample].float().div(255)
     for layer in input_layers(model):
         if isinstance(layer, Normalize):
             layer.fit(train_images)

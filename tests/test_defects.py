@@ -127,6 +127,8 @@ def test_only_the_training_devices_generator_is_saved_and_restored(monkeypatch):
     devices.restore_device_rng(torch.device("cuda:0"), state)
     assert calls == [("get", torch.device("cuda:1")), ("set", torch.device("cuda:0"))]
     assert devices.device_rng_state(torch.device("cpu")) is None
+    devices.restore_device_rng(torch.device("mps"), state)  # a CUDA state is not forced onto another kind
+    assert len(calls) == 2
 
 
 def test_amp_on_a_gpu_without_bfloat16_is_a_usage_error(cli, mnist_dir, tmp_path, monkeypatch):

@@ -128,7 +128,7 @@ def test_whitening_a_known_covariance_gives_the_identity_covariance():
 def test_test_time_augmentation_keeps_shapes_and_agrees_on_invariant_images():
     torch.manual_seed(0)
     model = build_model(VERSIONS[13].recipe, 3).eval()
-    fit_input_layers(model, torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8))
+    fit_input_layers(model, torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.Generator())
     constant = torch.rand(4, 3, 1, 1).expand(4, 3, 32, 32).contiguous()
     with torch.no_grad():
         plain = tta_output(model, constant, "none")
