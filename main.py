@@ -1,4 +1,4 @@
-"""Command line of the runner: parsing and every check that needs no data, then commands.py does the work.
+"""Command line of the runner: parsing, then checks.py checks what needs no data, then commands.py does the work.
 
 `list`, `--help` and usage errors import no torch, so they answer at once.
 """
@@ -8,9 +8,10 @@ import re
 import sys
 from pathlib import Path
 
+import checks
 from configs import VERSIONS
 from settings import (DATASETS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields, positive_int,
-                      resumable_names, seed_number)
+                      seed_number)
 
 GROUP_TITLES = {
     Recipe: "recipe (default: the version's own; see: main.py list)",
@@ -179,136 +180,6 @@ def version_table() -> str:
     return "\n".join(lines) + "\n" + footer + ")"
 
 
-def check_readable_dir(parser: argparse.ArgumentParser, option: str, path: str) -> None:
-    if not os.path.isdir(path):
-        parser.error(f"{option} {path}: no such folder")
-    if not os.access(path, os.R_OK | os.X_OK):
-        parser.error(f"{option} {path}: the folder is not readable")
-
-
-def check_creatable_dir(parser: argparse.ArgumentParser, option: str, path: str, writable: bool) -> None:
-    """The folder exists (writable if asked) or can be made: its nearest existing parent is a writable folder."""
-    target = Path(path).absolute()
-    if target.exists():
-        if not target.is_dir():
-            parser.error(f"{option} {path}: exists and is not a folder")
-        if not os.access(target, os.R_OK | os.X_OK):
-            parser.error(f"{option} {path}: the folder is not readable")
-        if writable and not os.access(target, os.W_OK | os.X_OK):
-            parser.error(f"{option} {path}: the folder is not writable")
-        return
-    parent = target.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        parser.error(f"{option} {path}: cannot be created ({parent} is not a writable folder)")
-
-
-def check_image_folder(parser: argparse.ArgumentParser, path: str) -> None:
-    check_readable_dir(parser, "--image-folder", path)
-    for split in ("train", "test"):
-        if not os.path.isdir(os.path.join(path, split)):
-            parser.error(f"--image-folder {path}: has no {split}/ folder (it needs train/<class>/* and "
-                         "test/<class>/*)")
-
-
-def first_image_size(parser: argparse.ArgumentParser, folder: str) -> tuple[int, int]:
-    """The size of the first training image, as the run will list the folder."""
-    from PIL import Image, UnidentifiedImageError
-
-    from errors import DataError
-    from folders import list_image_folder, split_folder
-
-    try:
-        first = list_image_folder(split_folder(folder, True))[1][0][0]
-    except DataError:
-        parser.error(f"--image-folder {folder}: train/ holds no images in class folders")
-    try:
-        with Image.open(first) as image:
-            return image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
-        parser.error(f"--image-folder {folder}: {first} is not an image")
-
-
-def versions_on_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set:
-    """The versions an image folder stands in for: the one version asked for; among several, those whose size
-    its images have, or all of them with --resize (so `all --image-folder cifar10-jpeg` trains 6-13 on it and 1-5
-    on their own datasets)."""
-    folder, versions = args.image_folder, args.versions
-    if len(versions) == 1 or args.resize:
-        return set(versions)
-    width, height = first_image_size(parser, folder)
-    matching = {n for n in versions if DATASETS[VERSIONS[n].dataset].size == width == height}
-    if not matching:
-        sizes = ", ".join(sorted({f"{DATASETS[VERSIONS[n].dataset].size}x{DATASETS[VERSIONS[n].dataset].size}"
-                                  for n in versions}))
-        parser.error(f"--image-folder {folder}: its images are {width}x{height}, and none of the versions chosen "
-                     f"takes that size ({sizes}); add --resize to resize them")
-    return matching
-
-
-def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Everything that can be checked without torch, in the order a user would fix it."""
-    values = vars(args)
-    parser.out = args.out or args.resume
-    if args.resume:
-        if args.versions:
-            parser.error("give either VERSIONS or --resume RUN_DIR, not both")
-        check_readable_dir(parser, "--resume", args.resume)
-        if not os.path.isfile(os.path.join(args.resume, "config.json")):
-            parser.error(f"--resume {args.resume}: not a run folder (no config.json in it)")
-        allowed = resumable_names() | {"resume", "procs"}
-        changed = [name for name, value in values.items() if value not in (None, False) and name not in allowed]
-        if changed:
-            flags = sorted(setting.metadata["flag"] for kind in SETTINGS for setting in flag_fields(kind)
-                           if setting.name in allowed)
-            parser.error(f"--{changed[0].replace('_', '-')} cannot change when resuming (only "
-                         f"{', '.join(flags)} can)")
-        if args.image_folder:
-            check_image_folder(parser, args.image_folder)
-        return
-    if not args.versions:
-        parser.error("say which versions to run, e.g. 9 or 1,3,6-9 (see: python main.py list)")
-    if args.seed is not None and args.seeds:
-        parser.error("give --seed or --seeds, not both")
-    if args.resize and not args.image_folder:
-        parser.error("--resize resizes the images of an --image-folder: give one")
-    loader = args.loader or "resident"
-    alternating = [n for n in args.versions if VERSIONS[n].recipe.flip == "alternating"]
-    if loader == "torchvision" and alternating:
-        parser.error(f"--loader torchvision: version {alternating[0]}'s alternating flips need the resident loader")
-    args.folder_versions = set()
-    if args.image_folder:
-        check_image_folder(parser, args.image_folder)
-        args.folder_versions = versions_on_folder(parser, args)
-    check_creatable_dir(parser, "--data-dir", args.data_dir or "data", writable=False)
-    check_creatable_dir(parser, "--out" if args.out else "runs", args.out or "runs", writable=True)
-
-
-def check_saved_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> None:
-    check_readable_dir(parser, "RUN_DIR", args.run_dir)
-    for name in ("config.json", "checkpoint.pt"):
-        if not os.path.isfile(os.path.join(args.run_dir, name)):
-            parser.error(f"RUN_DIR {args.run_dir}: not a finished run folder (no {name} in it)")
-    if command == "predict":
-        for image in args.images:
-            if not os.path.isfile(image) or not os.access(image, os.R_OK):
-                parser.error(f"IMAGE {image}: no such readable file")
-    elif args.image_folder:
-        check_image_folder(parser, args.image_folder)
-
-
-def process_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """How many processes to launch on this machine: --procs N or one per device of a list (none under torchrun,
-    which launched this one)."""
-    devices = (args.device or "").split(",")
-    if len(devices) > 1 and args.procs not in (None, len(devices)):
-        parser.error(f"--procs {args.procs} does not match the {len(devices)} devices of --device {args.device}")
-    if "RANK" in os.environ:
-        return 1
-    return max(args.procs or 1, len(devices))
-
-
 def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -325,14 +196,14 @@ def main(argv: list | None = None) -> int:
         if argv[0] in ("eval", "predict"):
             parser = build_saved_run_parser(argv[0])
             args = parser.parse_args(argv[1:])
-            check_saved_run_args(parser, args, argv[0])
+            checks.check_saved_run_args(parser, args, argv[0])
             import commands
 
             return commands.guarded(lambda progress: commands.run_saved(parser, args, argv[0]))
         parser = build_parser()
         args = parser.parse_args(argv)
-        check_training_args(parser, args)
-        processes = process_count(parser, args)
+        checks.check_training_args(parser, args)
+        processes = checks.process_count(parser, args)
         if processes > 1:
             import distributed
 

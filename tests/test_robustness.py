@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import checks
 import main
 import records
 import train
@@ -103,7 +104,7 @@ def test_the_parser_never_raises_on_any_argument_list(argv):
         assert exit_.code in (0, 2)
         return
     try:
-        main.check_training_args(parser, args)
+        checks.check_training_args(parser, args)
     except SystemExit as exit_:
         assert exit_.code == 2
 
