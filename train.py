@@ -72,18 +72,19 @@ def train_epoch(state: TrainingState, loader, epoch: int, quiet: bool, log=None)
     """Returns the epoch's mean loss, accuracy and number of images (over every process)."""
     state.step_model.train()
     device, channels_last = state.device, uses_channels_last(state.model)
-    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
-    checked = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss, correct: summed on the device
+    checked = torch.zeros(3, dtype=torch.float64)  # loss, correct, images: as last read
+    seen = 0
     bar = progress(loader.batches(epoch), f"Epoch {epoch}", quiet, total=len(loader))
     for step, (images, labels, divisor) in enumerate(bar, 1):
         images, labels = to_model_input(images, labels, device, channels_last)
         state.begin_step()
         loss, correct = train_step(state, images, labels, divisor)
         state.end_step()
-        totals += torch.stack([loss.double(), correct.double(), torch.tensor(len(labels), device=device,
-                                                                              dtype=torch.float64)])
+        totals += torch.stack([loss.double(), correct.double()])
+        seen += len(labels)
         if step % REFRESH_EVERY == 0 or step == len(loader):
-            window = check_progress(state, totals, checked, epoch, step)
+            window = check_progress(state, totals, seen, checked, epoch, step)
             checked += window
             bar.show(loss=f"{checked[0] / checked[2]:.4f}")
             if log and window[2]:
@@ -93,11 +94,12 @@ def train_epoch(state: TrainingState, loader, epoch: int, quiet: bool, log=None)
     return (checked[0] / checked[2]).item(), (checked[1] / checked[2]).item(), int(checked[2])
 
 
-def check_progress(state: TrainingState, totals: torch.Tensor, checked: torch.Tensor, epoch: int,
+def check_progress(state: TrainingState, totals: torch.Tensor, seen: int, checked: torch.Tensor, epoch: int,
                    step: int) -> torch.Tensor:
     """Read the epoch's sums (over every process) and stop a diverging run; returns the sums since the last
     reading."""
-    window = state.group.all_sum(totals.clone()).cpu() - checked
+    sums = torch.cat([totals, totals.new_tensor([seen])])
+    window = state.group.all_sum(sums).cpu() - checked
     if window[2] > 0:
         why = state.diverged(float(window[0] / window[2]), float(window[1] / window[2]), 10)
         if why:
