@@ -33,7 +33,7 @@ VERSIONS = {v.number: v for v in [
     Version(10, "cifar10", Recipe("ConvNet4", dict(WIDE_BN, dropout=0.5), **ADAM, **AUGMENT), 655882, None,
             "Random crops and flips, made on the device, stop the overfitting", "ours"),
     Version(11, "cifar10", Recipe("ConvNet4", dict(WIDE_BN, dropout=0.5), **AUGMENT, **MODERN, lr=0.4,
-                                  weight_decay=5e-4, batch_size=512), 655882, None,
+                                  weight_decay=5e-4, batch_size=512, epochs=23), 655882, None,
             "A modern recipe: normalised inputs, Nesterov SGD, weight decay, label smoothing, a warm-up schedule",
             "ours"),
     Version(12, "cifar10", Recipe("AirbenchNet", **AIRBENCH, **AUGMENT), 1960384, None,
