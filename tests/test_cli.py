@@ -121,3 +121,8 @@ def test_resume_accepts_only_epochs_device_threads_and_quiet(cli, tmp_path):
     (run / "config.json").write_text("{}")
     code, _, err = cli("--resume", run, "--batch-size", "8")
     assert code == 2 and "--batch-size cannot change when resuming" in err
+
+
+def test_eval_and_predict_take_one_device(cli, tmp_path):
+    code, _, err = cli("eval", tmp_path, "--device", "cuda:0,cuda:1")
+    assert code == 2 and "give one device" in err.strip().splitlines()[-1]

@@ -232,3 +232,17 @@ def test_a_run_interrupted_before_its_first_epoch_simply_starts_again(cli, mnist
     code, out, err = cli("1", "--epochs", 1, "--data-dir", mnist_dir, "--out", run, "--quiet")
     assert code == 0, err
     assert "Epoch 1 / 1" in out
+
+
+def test_a_folder_left_with_only_a_failure_marker_is_reused(cli, mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / records.FAILURE_MARKER).write_text("bad data\n")
+    train_tiny(cli, mnist_dir, run, epochs=1)
+    assert not (run / records.FAILURE_MARKER).exists()
+
+
+def test_an_epoch_without_a_step_is_a_data_error(cli, tmp_path):
+    folder = make_image_folder(tmp_path / "images", train=20, test=10)
+    code, _, err = cli("12", "--epochs", 1, "--image-folder", folder, "--out", tmp_path / "run", "--quiet")
+    assert code == 1 and "smaller than one batch of 1024" in err and "--batch-size" in err

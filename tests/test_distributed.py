@@ -156,3 +156,29 @@ def test_a_signal_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
     done = records.load_checkpoint(run / "checkpoint.pt")["epoch"]
     assert out.count("Epoch ") == done and err.count("Continue with:") == 1
     assert "]: Traceback" not in err  # none from our processes (torchrun's own report may follow)
+
+
+def test_each_process_gets_its_own_device(monkeypatch):
+    import distributed
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert distributed.process_device("auto") == "cuda:1" and distributed.process_device("cuda") == "cuda:1"
+    assert distributed.process_device("cuda:2,cuda:3") == "cuda:3" and distributed.process_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="share one GPU"):
+        distributed.process_device("cuda:0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="need as many devices"):
+        distributed.process_device("cuda:0,cuda:1")
+
+
+def test_test_batches_are_never_dropped_across_processes():
+    from loaders import BatchPlan
+
+    shares = [BatchPlan(9, 8, rank=rank, world_size=4, training=False).batches(None) for rank in range(4)]
+    assert sorted(int(i) for plan in shares for index, _ in plan for i in index) == list(range(9))
+    assert [len(plan[-1][0]) for plan in shares] == [1, 0, 0, 0]
+    assert len(BatchPlan(9, 8, rank=0, world_size=4).batches(None)) == 1  # training drops a last batch of 1
