@@ -1,6 +1,6 @@
 """The command line: usage, the version table, and one clear line with the right exit status for bad input."""
+import re
 from pathlib import Path
-
 
 from configs import VERSIONS
 from conftest import make_image_folder
@@ -22,8 +22,9 @@ def test_list_prints_every_version_with_params_and_reference_accuracy(cli):
         line = lines[row.number]
         assert line.startswith(str(row.number))
         assert f"{row.params:,}" in line and row.remark in line
-        if row.reference_source == "seed":
-            assert f"{row.reference[1]:.2f}" in line
+        digits = 2 if row.reference_source == "seed" else 4
+        assert re.search(rf"\b{row.reference[0]:.{digits}f}\s+{row.reference[1]:.{digits}f}\s", line)
+    assert "not measured yet" not in lines[-1] and "our own full runs" in lines[-1]
 
 
 def test_help_lists_the_commands(cli):
