@@ -22,13 +22,13 @@ from configs import VERSIONS
 from data import DataSource, Split, load_split
 from devices import resolve_device
 from errors import RunnerError
-from loaders import (Augmentation, BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, classic_dataset,
+from loaders import (BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_dataset,
                      classic_transform)
 from main import default_cache_dir, version_list
 from models import build_model, fit_input_layers
 from settings import DATASETS, device_name, positive_int
 from state import TrainingState
-from train import to_model_input, train_step, uses_channels_last
+from train import on_device, to_model_input, train_step, uses_channels_last
 
 SYNTHETIC_IMAGES = 10_000
 
@@ -85,18 +85,14 @@ def bench_version(version: int, args: argparse.Namespace, device: torch.device) 
     torch.manual_seed(0)
     model = build_model(recipe, DATASETS[row.dataset].channels)
     fit_input_layers(model, split.images, torch.Generator().manual_seed(0))
-    model = model.to(device)
-    if uses_channels_last(model):
-        model = model.to(memory_format=torch.channels_last)
+    model = on_device(model, device)
     plan = BatchPlan(len(split.labels), batch_size, recipe.drop_last)
     state = TrainingState(version, recipe, model, device, 0, len(plan))
     state.amp = args.amp
     if args.compile:
         state.step_model = torch.compile(model)
-    augmenting = recipe.crop_padding > 0 or recipe.flip != "none"
-    augmentation = Augmentation(recipe.crop_padding, recipe.flip, state.generators["augment"],
-                                state.generators["flip"]) if augmenting else None
-    resident = ResidentLoader(split, plan, device, state.generators["shuffle"], augmentation)
+    resident = ResidentLoader(split, plan, device, state.generators["shuffle"],
+                              augmentation_of(recipe, state.generators))
     fixed = next(resident.batches())
     feeds = {
         "ours": lambda: every_epoch(resident),

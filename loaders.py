@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from data import DataSource, Split, check_classes, image_mode, load_split
 from errors import DataError
 from folders import list_image_folder, split_folder
-from settings import DATASETS, RunConfig
+from settings import DATASETS, Recipe, RunConfig
 
 CLASSIC_WORKERS = 4
 
@@ -113,8 +113,12 @@ class ResidentLoader:
         drawn = self.augmentation.draw(len(self.labels), epoch) if self.augmentation else None
         if drawn:
             drawn = [tensor.to(device) for tensor in drawn]
-        for index, divisor in self.plan.batches(self.shuffle):
-            index = index.to(device)
+        plan = self.plan.batches(self.shuffle)
+        if not plan:
+            return
+        # One copy of the epoch's indices to the device, not one per step: a step never waits on a copy from the host.
+        indices = torch.cat([index for index, _ in plan]).to(device).split([len(index) for index, _ in plan])
+        for index, (_, divisor) in zip(indices, plan):
             if drawn:
                 images = gather(self.images, index, drawn[0][index], drawn[1][index], self.augmentation.padding)
             else:
@@ -222,17 +226,21 @@ def classic_transform(size: int, padding: int, flip: str, resize: bool):
     return transforms.Compose(steps + [transforms.ToTensor()])
 
 
+def augmentation_of(recipe: Recipe, generators: dict) -> Augmentation | None:
+    """The recipe's augmentation on the device, drawing from the training state's generators; None without one."""
+    if recipe.crop_padding == 0 and recipe.flip == "none":
+        return None
+    return Augmentation(recipe.crop_padding, recipe.flip, generators["augment"], generators["flip"])
+
+
 def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device: torch.device):
     """Train and test loaders on one batch plan per split; the test split in order, drawing nothing random.
     state: the TrainingState, whose generators and group the loaders follow."""
     recipe, rank, world = run.recipe, state.group.rank, state.group.size
-    augmenting = recipe.crop_padding > 0 or recipe.flip != "none"
     if run.identity.loader == "resident":
-        augmentation = Augmentation(recipe.crop_padding, recipe.flip, state.generators["augment"],
-                                    state.generators["flip"]) if augmenting else None
         train, test = splits[True], splits[False]
         loaders = (ResidentLoader(train, BatchPlan(len(train.labels), recipe.batch_size, recipe.drop_last, rank, world),
-                                  device, state.generators["shuffle"], augmentation),
+                                  device, state.generators["shuffle"], augmentation_of(recipe, state.generators)),
                    ResidentLoader(test, BatchPlan(len(test.labels), recipe.batch_size, rank=rank, world_size=world,
                                                   training=False), device))
     else:

@@ -10,7 +10,7 @@ from loaders import BatchPlan, ResidentLoader
 from models import build_model
 from records import CONFUSION, MISTAKES, RunFolder
 from settings import DATASETS, RunConfig
-from train import TTA_NAMES, evaluate, tta_output, uses_channels_last
+from train import TTA_NAMES, evaluate, on_device, tta_output, uses_channels_last
 
 MISTAKES_SHOWN = 64
 
@@ -25,10 +25,7 @@ def load_trained(folder: RunFolder, device: torch.device) -> tuple[RunConfig, nn
     except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"{folder.path / 'checkpoint.pt'} does not fit version {run.version}'s model "
                               f"({type(error).__name__}): train again in a new folder") from None
-    model = model.to(device).eval()
-    if uses_channels_last(model):
-        model = model.to(memory_format=torch.channels_last)
-    return run, model, list(state["classes"])
+    return run, on_device(model, device).eval(), list(state["classes"])
 
 
 def evaluate_run(folder: RunFolder, device: torch.device, source: DataSource, quiet: bool) -> dict:

@@ -34,6 +34,12 @@ def uses_channels_last(model: nn.Module) -> bool:
     return any(isinstance(module, nn.Conv2d) for module in model.modules())
 
 
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on the device, in NHWC memory where it has convolutions."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if uses_channels_last(model) else model
+
+
 def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -191,9 +197,7 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     device = resolve_device(runtime.device)
     prepare_torch(runtime.threads, run.identity.deterministic)
     seed_process(run.identity.seed, group.rank)
-    model = build_model(recipe, DATASETS[run.dataset].channels).to(device)
-    if uses_channels_last(model):
-        model = model.to(memory_format=torch.channels_last)
+    model = on_device(build_model(recipe, DATASETS[run.dataset].channels), device)
     source = DataSource.of(run)
     if group.data_parallel:
         splits, classes = prepare_once_per_machine("preparing the data", lambda: load_splits(run, source, resume))
