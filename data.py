@@ -248,4 +248,4 @@ def check_classes(train_classes: list, test_classes: list, where: str) -> None:
 def load_image(path: str, channels: int, size: int) -> torch.Tensor:
     """One user image as the model expects it: converted to the version's colour mode, resized, scaled to [0, 1]
     as ToTensor does."""
-    return torch.from_numpy(decode_image(path, channels, size, resize=True)).float().div(255)
+    return torch.tensor(decode_image(path, channels, size, resize=True)).float().div(255)  # a copy: PIL's is read-only
