@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from configs import VERSIONS
-from settings import DATASETS, SETTINGS, flag_fields, resumable_names
+from settings import DATASETS, SETTINGS, flag_fields, resumable_names, was_given
 
 
 def check_readable_dir(parser: argparse.ArgumentParser, option: str, path: str) -> None:
@@ -87,7 +87,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         if not os.path.isfile(os.path.join(args.resume, "config.json")):
             parser.error(f"--resume {args.resume}: not a run folder (no config.json in it)")
         allowed = resumable_names() | {"resume", "procs"}
-        changed = [name for name, value in values.items() if value not in (None, False) and name not in allowed]
+        changed = [name for name, value in values.items() if was_given(value) and name not in allowed]
         if changed:
             flags = sorted(setting.metadata["flag"] for kind in SETTINGS for setting in flag_fields(kind)
                            if setting.name in allowed)

@@ -1,5 +1,5 @@
 """The commands behind the command line: train one version or a table of versions and seeds, resume a run, test
-or use a saved run. Every failure a user can meet ends as one line on stderr and its exit status (cli.md)."""
+or use a saved run. Every failure a user can meet ends as one line on stderr and its exit status."""
 import os
 import shlex
 import sys
@@ -11,7 +11,7 @@ from configs import VERSIONS
 from console import EXIT_CODES, STOP, Stopped
 from errors import RunnerError
 from main import default_cache_dir
-from records import CHECKPOINT, RunFolder, write_text
+from records import CHECKPOINT, RunFolder, leave_failure_marker
 from settings import Recipe, RunConfig, RunIdentity, Runtime, flag_fields, given
 
 
@@ -75,15 +75,15 @@ def run_config(version: int, args, seed: int, device, group) -> RunConfig:
                      {**changes, **given(RunIdentity, values)})
 
 
-def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set):
+def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, sync_bn: bool):
     """Under torchrun: check what only several processes can check, join them, and return the Group a run
     trains across (all of them for one run; each process alone for a table's runs)."""
     marker = distributed.failure_marker(args.out or args.resume)
     if marker and distributed.restart_count() and marker.exists():
         raise RunnerError(marker.read_text().strip(), shared=True)
-    if getattr(args, "sync_bn", None) and not (distributed.launched() and device.type == "cuda" and data_parallel):
-        parser.error("--sync-bn needs one version trained by several processes on CUDA (torchrun); PyTorch's "
-                     "SyncBatchNorm has no CPU version")
+    if sync_bn and not (distributed.launched() and device.type == "cuda" and data_parallel):
+        parser.error(f"--sync-bn{' (this run was started with it)' if args.resume else ''} needs one version trained "
+                     "by several processes on CUDA (torchrun); PyTorch's SyncBatchNorm has no CPU version")
     if not distributed.launched():
         return distributed.SOLO
     if distributed.restarts_allowed() and not (args.out or args.resume):
@@ -109,7 +109,7 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     seeds = args.seeds or [args.seed or 0]
     several = len(args.versions) * len(seeds) > 1
     batch_sizes = {args.batch_size or VERSIONS[version].recipe.batch_size for version in args.versions}
-    group = join_processes(parser, args, device, not several, batch_sizes)
+    group = join_processes(parser, args, device, not several, batch_sizes, bool(args.sync_bn))
     progress.marker = distributed.failure_marker(args.out)
     runs = [run_config(version, args, seed, device, group) for version in args.versions for seed in seeds]
     if not several:
@@ -164,7 +164,7 @@ def resume(parser, args, progress: Progress) -> None:
     if distributed.launched() and stored.startswith("cuda"):
         stored = "cuda"  # each process takes the GPU of its LOCAL_RANK again
     device = device_or_error(parser, changes.get("device", stored), run.identity.amp)
-    group = join_processes(parser, args, device, True, {run.recipe.batch_size})
+    group = join_processes(parser, args, device, True, {run.recipe.batch_size}, run.identity.sync_bn)
     progress.marker = distributed.failure_marker(args.resume)
     folder.writer = group.rank == 0
     try:
@@ -234,16 +234,14 @@ def fail(message: str, code: int, shared: bool = False, marker: Path | None = No
     processes will find the failure and end at once instead of repeating it."""
     if not shared or distributed.is_writer():
         if marker:
-            try:
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                write_text(marker, message + "\n")
-            except OSError:
-                pass  # without the marker, restarted processes meet the failure again
+            leave_failure_marker(marker.parent, message)
         print(f"error: {message}", file=sys.stderr)
     return code
 
 
 def stopped(progress: Progress, code: int) -> int:
+    if progress.resume_command is None:  # eval, predict, or a command stopped before it began its work
+        return fail("interrupted", code, shared=True)
     if progress.label == "Run folder" and not (progress.folder and (progress.folder / CHECKPOINT).exists()):
         return fail("interrupted before the first epoch finished; nothing to resume: start the run again", code,
                     shared=True)

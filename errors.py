@@ -2,7 +2,7 @@
 
 
 class RunnerError(Exception):
-    """A runtime failure (cli.md: exit 1): missing or damaged data, divergence, out of memory. `permanent`:
+    """A runtime failure (exit 1): missing or damaged data, divergence, out of memory. `permanent`:
     starting again would meet it again."""
 
     exit_code = 1

@@ -70,13 +70,9 @@ class Parser(argparse.ArgumentParser):
             self.exit(2)
         out = getattr(self, "out", None)
         if out and "RANK" in os.environ and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
-            from records import FAILURE_MARKER, write_text
+            from records import leave_failure_marker
 
-            try:
-                Path(out).mkdir(parents=True, exist_ok=True)
-                write_text(Path(out) / FAILURE_MARKER, f"{message}\n")
-            except OSError:
-                pass  # without the marker, restarted processes meet the same usage error again
+            leave_failure_marker(Path(out), message)
         super().error(message)
 
 
@@ -170,7 +166,7 @@ def version_table() -> str:
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]
              for line in [header, *rows]]
-    seed_rows = [n for n, row in VERSIONS.items() if row.reference_source == "seed"]
+    seed_rows = [n for n, row in VERSIONS.items() if row.reference_source == "seed" and row.reference]
     ours = [n for n, row in VERSIONS.items() if row.reference_source != "seed" and row.reference]
     footer = f"(ref train/test: the seed's published accuracies for {min(seed_rows)}-{max(seed_rows)}"
     if ours:

@@ -61,6 +61,21 @@ def is_ours_hidden(name: str) -> bool:
     return name == FAILURE_MARKER or any(name.startswith(f".{file}.") and name.endswith(".tmp") for file in RUN_FILES)
 
 
+def leave_failure_marker(folder: Path, message: str) -> None:
+    """Leave a failure no restart can fix where processes torchrun restarts will look (--out), so that they end at
+    once; only in a new folder or one of this tool's, never among a user's own files."""
+    try:
+        if folder.exists():
+            entries = [entry for entry in folder.iterdir() if not is_ours_hidden(entry.name)]
+            if entries and not RunFolder(folder).is_ours() and \
+                    not any(entry.is_dir() and RunFolder(entry).is_ours() for entry in entries):
+                return
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / FAILURE_MARKER, message + "\n")
+    except OSError:
+        pass  # without the marker, restarted processes meet the same failure again
+
+
 def installed_version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -77,13 +92,10 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist: the run stopped before its first epoch finished; "
                               "start it again") from None
-    except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Unsupported" in str(error):
+    except Exception as error:
+        if isinstance(error, pickle.UnpicklingError) and ("weights_only" in str(error) or "Unsupported" in str(error)):
             raise CheckpointError(f"{path} holds objects other than tensors and numbers, which could run code; "
                                   "refusing to load it. Use a checkpoint written by this tool") from None
-        raise CheckpointError(f"{path} is damaged ({type(error).__name__}): train again in a new folder, or "
-                              "start over with --force") from None
-    except Exception as error:
         raise CheckpointError(f"{path} is damaged ({type(error).__name__}): train again in a new folder, or "
                               "start over with --force") from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():

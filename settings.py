@@ -179,9 +179,14 @@ def resumable_names() -> set:
     return {f.name for f in flag_fields(Runtime)} | {f.name for f in flag_fields(Recipe) if f.metadata["grows"]}
 
 
+def was_given(value) -> bool:
+    """A parsed flag's value, given on the command line: not its default None or an unset switch (0 is a value)."""
+    return value is not None and value is not False
+
+
 def given(kind: type, values: dict) -> dict:
-    """The flags of `kind` that were given (not None) among parsed values."""
-    return {f.name: values[f.name] for f in flag_fields(kind) if values.get(f.name) not in (None, False)}
+    """The flags of `kind` that were given among parsed values."""
+    return {f.name: values[f.name] for f in flag_fields(kind) if was_given(values.get(f.name))}
 
 
 def from_record(kind: type, record: dict, **defaults):

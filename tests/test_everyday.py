@@ -10,22 +10,26 @@ import torch
 from PIL import Image
 
 import records
-from conftest import ROOT, make_image_folder, make_mnist
+from conftest import ROOT, make_image_folder, make_mnist, read_metrics
 from data import DataSource, load_split
-from events import read_scalars
 from plots import select_mistakes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def metrics(run) -> list:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+def read_scalars(path) -> dict:
+    """tag -> [(step, value)] as TensorBoard reads a run folder (stale points of crashed sessions dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
 
 
 def assert_log_matches_metrics(run):
     scalars = read_scalars(run)
-    rows = metrics(run)
+    rows = read_metrics(run)
     for tag, column in (("train/loss", "train_loss"), ("train/accuracy", "train_acc"), ("test/loss", "test_loss"),
                         ("test/accuracy", "test_acc"), ("lr", "lr"), ("time/epoch_seconds", "seconds")):
         values = [value for _, value in scalars[tag]]
@@ -81,7 +85,7 @@ def test_runs_stopped_crashed_and_resumed_log_each_epoch_once(tmp_path):
     crashed = session("crash", "--resume", run)
     assert crashed.returncode == 1 and "No space left" in crashed.stderr
     assert session(None, "--resume", run).returncode == 0
-    assert [row["epoch"] for row in metrics(run)] == ["1", "2", "3"]
+    assert [row["epoch"] for row in read_metrics(run)] == ["1", "2", "3"]
     assert_log_matches_metrics(run)
 
 
@@ -162,6 +166,20 @@ def test_eval_writes_the_most_confident_mistakes(cli, image_folder, tmp_path):
     assert total == 30 and wrong == round((1 - accuracy) * total)
     assert f"the {min(wrong, 64)} most confident" in line
     assert (run / "mistakes.png").read_bytes().startswith(PNG)
+
+
+def test_an_eval_stopped_by_ctrl_c_says_only_that_it_was_interrupted(cli, image_folder, tmp_path, monkeypatch):
+    import saved
+
+    run = tmp_path / "run"
+    assert cli("7", "--epochs", 1, "--image-folder", image_folder, "--out", run, "--quiet")[0] == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(saved, "evaluate", interrupted)
+    code, out, err = cli("eval", run, "--quiet")
+    assert code == 130 and err.strip().splitlines()[-1] == "error: interrupted" and "Run folder" not in out
 
 
 def test_mistakes_are_the_wrong_predictions_most_confident_first():
