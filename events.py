@@ -80,13 +80,3 @@ def hyperparameters(run) -> dict:
     return {name: value if isinstance(value, (int, float, str, bool)) else str(value)
             for name, value in values.items()}
 
-
-def read_scalars(path) -> dict:
-    """tag -> [(step, value)] as TensorBoard reads a run folder (stale points of crashed sessions dropped)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-            for tag in accumulator.Tags()["scalars"]}
-

@@ -1,4 +1,5 @@
 """Tiny datasets in torchvision's on-disk formats, so the real reading code runs offline and in seconds."""
+import csv
 import hashlib
 import io
 import os
@@ -127,6 +128,11 @@ def cli(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return run_cli
 
+
+def read_metrics(run: Path) -> list:
+    """A run folder's metrics.csv, one dict of strings per epoch."""
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 def real_data_dir() -> Path:
     path = os.environ.get("DATA_DIR")

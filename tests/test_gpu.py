@@ -1,12 +1,10 @@
 """The CUDA paths, on a machine that has CUDA (skipped elsewhere): tiny runs of the ladder's kinds of version on the
 GPU, with --amp and --compile, an exact resume with --deterministic, and the data kept on the device."""
-import csv
-
 import pytest
 import torch
 
 import records
-from conftest import make_image_folder, make_mnist
+from conftest import make_image_folder, make_mnist, read_metrics
 from data import Split
 from devices import device_rng_state, restore_device_rng
 from loaders import BatchPlan, ResidentLoader, gather
@@ -15,8 +13,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def last_test_accuracy(run) -> float:
-    with open(run / "metrics.csv", newline="") as f:
-        return float(list(csv.DictReader(f))[-1]["test_acc"])
+    return float(read_metrics(run)[-1]["test_acc"])
 
 
 @pytest.mark.parametrize("version, extra", [("1", ()), ("1", ("--amp",)), ("1", ("--compile",)), ("9", ()),

@@ -1,12 +1,9 @@
 """Short runs on the real datasets (DATA_DIR: MNIST/, FashionMNIST/ and cifar10-jpeg/); skipped without them."""
-import csv
-
-from conftest import real_data_dir
+from conftest import read_metrics, real_data_dir
 
 
 def final_test_accuracy(run_dir) -> float:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return float(list(csv.DictReader(f))[-1]["test_acc"])
+    return float(read_metrics(run_dir)[-1]["test_acc"])
 
 
 def test_version_1_learns_mnist_in_one_epoch(cli, tmp_path):
