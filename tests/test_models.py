@@ -17,8 +17,8 @@ def model_of(version: int):
     return build_model(VERSIONS[version].recipe, input_shape(version)[0])
 
 
-def test_the_table_has_thirteen_complete_rows():
-    assert sorted(VERSIONS) == list(range(1, 14))
+def test_the_table_has_complete_rows_numbered_from_one():
+    assert sorted(VERSIONS) == list(range(1, len(VERSIONS) + 1)) and len(VERSIONS) >= 13
     for number, row in VERSIONS.items():
         assert row.number == number
         assert row.dataset in ("mnist", "fashion_mnist", "cifar10")
@@ -31,7 +31,8 @@ def test_the_table_has_thirteen_complete_rows():
             assert row.reference_source == "seed"
         else:
             assert row.reference_source == "ours"
-        assert 0 < row.reference[1] <= row.reference[0] < 1
+        if row.reference is not None:  # None: not measured yet
+            assert 0 < row.reference[1] <= row.reference[0] < 1
 
 
 def test_the_seed_recipe_is_the_default_for_versions_1_to_9():
