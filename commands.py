@@ -55,6 +55,12 @@ def device_or_error(parser, name: str, amp: bool):
         parser.error(str(error))
 
 
+def check_devices(parser, args) -> None:
+    """Every device of a --device list, checked here before processes are started on them."""
+    for name in (args.device or "auto").split(","):
+        device_or_error(parser, name, bool(args.amp))
+
+
 def run_config(version: int, args, seed: int, device, group) -> RunConfig:
     """A version's run as the command line asks for it."""
     from data import DataSource, data_identity

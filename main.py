@@ -200,11 +200,13 @@ def main(argv: list | None = None) -> int:
         args = parser.parse_args(argv)
         checks.check_training_args(parser, args)
         processes = checks.process_count(parser, args)
+        import commands
+
         if processes > 1:
             import distributed
 
+            commands.check_devices(parser, args)
             return distributed.launch(processes, argv)
-        import commands
 
         return commands.guarded(lambda progress: commands.run_training(parser, args, argv, progress))
     except SystemExit as exit_:

@@ -128,6 +128,12 @@ def test_resume_accepts_only_epochs_device_threads_and_quiet(cli, tmp_path):
     assert code == 2 and "--seed cannot change when resuming" in err
 
 
+def test_a_device_list_is_checked_before_any_process_starts(cli, tmp_path):
+    code, _, err = cli("1,2", "--device", "cuda:0,cuda:99", "--out", tmp_path / "table")  # cuda:99 exists nowhere
+    assert code == 2 and "--device cuda:" in err.strip().splitlines()[-1] and "CUDA" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "table").exists()
+
+
 def test_eval_and_predict_take_one_device(cli, tmp_path):
     code, _, err = cli("eval", tmp_path, "--device", "cuda:0,cuda:1")
     assert code == 2 and "give one device" in err.strip().splitlines()[-1]
