@@ -6,6 +6,7 @@ REFRESH_EVERY steps, which feeds the progress bar and catches a diverging loss. 
 dropout draw from generators the checkpoint keeps, and testing draws from none, so a resumed run continues
 exactly and testing more or less often never changes the trained weights.
 """
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -41,7 +42,8 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bfloat16 autocast when enabled; otherwise nothing at all, so any device type works (`meta` included)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def summed_loss(output: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -78,8 +80,10 @@ def train_epoch(state: TrainingState, loader, epoch: int, quiet: bool, log=None)
     """Returns the epoch's mean loss, accuracy and number of images (over every process)."""
     state.step_model.train()
     device, channels_last = state.device, uses_channels_last(state.model)
-    totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss, correct: summed on the device
-    checked = torch.zeros(3, dtype=torch.float64)  # loss, correct, images: as last read
+    # Loss and correct count since the last reading, summed on the device in float32 (MPS has no float64); each
+    # reading adds them to the epoch's sums on the host, in float64.
+    window = torch.zeros(2, device=device)
+    epoch_sums = torch.zeros(3, dtype=torch.float64)  # loss, correct, images
     seen = 0
     bar = progress(loader.batches(epoch), f"Epoch {epoch}", quiet, total=len(loader))
     for step, (images, labels, divisor) in enumerate(bar, 1):
@@ -87,32 +91,32 @@ def train_epoch(state: TrainingState, loader, epoch: int, quiet: bool, log=None)
         state.begin_step()
         loss, correct = train_step(state, images, labels, divisor)
         state.end_step()
-        totals += torch.stack([loss.double(), correct.double()])
+        window += torch.stack([loss, correct.float()])
         seen += len(labels)
         if step % REFRESH_EVERY == 0 or step == len(loader):
-            window = check_progress(state, totals, seen, checked, epoch, step)
-            checked += window
-            bar.show(loss=f"{checked[0] / checked[2]:.4f}")
-            if log and window[2]:
-                log.running_loss(state.step, float(window[0] / window[2]))
+            read = check_progress(state, window, seen, epoch, step)
+            epoch_sums += read
+            window.zero_()
+            seen = 0
+            bar.show(loss=f"{epoch_sums[0] / epoch_sums[2]:.4f}")
+            if log and read[2]:
+                log.running_loss(state.step, float(read[0] / read[2]))
         state.group.check_stop()
     state.group.settle()
-    return (checked[0] / checked[2]).item(), (checked[1] / checked[2]).item(), int(checked[2])
+    return (epoch_sums[0] / epoch_sums[2]).item(), (epoch_sums[1] / epoch_sums[2]).item(), int(epoch_sums[2])
 
 
-def check_progress(state: TrainingState, totals: torch.Tensor, seen: int, checked: torch.Tensor, epoch: int,
-                   step: int) -> torch.Tensor:
-    """Read the epoch's sums (over every process) and stop a diverging run; returns the sums since the last
-    reading."""
-    sums = torch.cat([totals, totals.new_tensor([seen])])
-    window = state.group.all_sum(sums).cpu() - checked
-    if window[2] > 0:
-        why = state.diverged(float(window[0] / window[2]), float(window[1] / window[2]), 10)
+def check_progress(state: TrainingState, window: torch.Tensor, seen: int, epoch: int, step: int) -> torch.Tensor:
+    """Read the window's sums (loss, correct, images: over every process, in float64 on the host) and stop a
+    diverging run."""
+    read = state.group.all_sum(torch.cat([window, window.new_tensor([seen])])).cpu().double()
+    if read[2] > 0:
+        why = state.diverged(float(read[0] / read[2]), float(read[1] / read[2]), len(state.classes) or 10)
         if why:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch had finished"
             raise RunnerError(f"{why} in epoch {epoch} by step {step}; the run stopped and {kept}. Try a lower "
                               f"learning rate, e.g. --lr {state.recipe.lr / 10:g}", shared=state.group.data_parallel)
-    return window
+    return read
 
 
 def tta_output(model: nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
@@ -146,15 +150,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, quiet: b
              tta: str = "none", keep_outputs: bool = False, group: Group = SOLO) -> TestResult:
     model.eval()
     channels_last = uses_channels_last(model)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    loss_sum = torch.zeros((), device=device)  # float32, which every device has
     confusion = torch.zeros(classes * classes, device=device, dtype=torch.int64)
     outputs = []
     for images, labels, _ in progress(loader.batches(), "Testing", quiet, total=len(loader)):
         images, labels = to_model_input(images, labels, device, channels_last)
         with autocast(device, amp):
             output = tta_output(model, images, tta).float()
-        loss_sum += summed_loss(output, labels).double()
-        confusion += torch.bincount(labels * classes + output.argmax(dim=1), minlength=classes * classes)
+        loss_sum += summed_loss(output, labels)
+        cells = labels * classes + output.argmax(dim=1)  # a fixed-size count: bincount's size would wait on the host
+        confusion.index_add_(0, cells, torch.ones_like(cells))
         if keep_outputs:
             outputs.append(output.cpu())
         group.check_stop()
@@ -197,12 +202,17 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     device = resolve_device(runtime.device)
     prepare_torch(runtime.threads, run.identity.deterministic)
     seed_process(run.identity.seed, group.rank)
-    model = on_device(build_model(recipe, DATASETS[run.dataset].channels), device)
+    model = build_model(recipe, DATASETS[run.dataset].channels)
     source = DataSource.of(run)
     if group.data_parallel:
         splits, classes = prepare_once_per_machine("preparing the data", lambda: load_splits(run, source, resume))
     else:
         splits, classes = load_splits(run, source, resume)
+    if not resume and True in splits:
+        # Fitted on the CPU, where the images are and float64 exists (MPS has none), before the model moves.
+        fit_input_layers(model, splits[True].images,
+                         torch.Generator().manual_seed(derive_seed(run.identity.seed, "input layers")))
+    model = on_device(model, device)
     state = TrainingState(run.version, recipe, model, device, run.identity.seed, 0, group)
     state.amp = run.identity.amp
     train_loader, test_loader = make_loaders(run, source, splits, state, device)
@@ -213,9 +223,6 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
             raise RunnerError(f"{source.name} has the classes {classes}, but the run was trained on "
                               f"{state.classes}: give the data it was trained on", shared=group.data_parallel)
     else:
-        if True in splits:
-            fit_input_layers(model, splits[True].images,
-                             torch.Generator().manual_seed(derive_seed(run.identity.seed, "input layers")))
         state.classes = classes
     folder.write_config(run, params=count_parameters(model), classes=classes)
     wrapped = group.wrap(model, device, run.identity.sync_bn)
