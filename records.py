@@ -174,7 +174,7 @@ class RunFolder:
 
     def clear(self) -> None:
         """Remove this tool's record files (only those: the folder may hold the user's own files too)."""
-        if not self.writer:
+        if not self.writer or not self.path.is_dir():
             return
         for entry in self.path.iterdir():
             if entry.name in RUN_FILES or entry.name.startswith(EVENT_FILES) or is_ours_hidden(entry.name):

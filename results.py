@@ -16,8 +16,8 @@ RESULT_COLUMNS = ["version", "dataset", "params", "epochs", "seeds", "train_acc"
                   "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
 
 
-def run_name(version: int, seed: int, several_seeds: bool) -> str:
-    return f"v{version}-seed{seed}" if several_seeds else f"v{version}"
+def run_name(version: int, seed: int, seeds_given: bool) -> str:
+    return f"v{version}-seed{seed}" if seeds_given else f"v{version}"
 
 
 def claim_results_folder(path: Path) -> None:
@@ -75,57 +75,69 @@ def run_table(planned: list, force: bool, train, after_each_run=None) -> None:
 
 
 def report(results_dir: Path, planned: list) -> list:
-    """Write results.md, .csv and .png and print the table; returns its rows."""
+    """Write results.md, .csv and .png and print the table; returns its rows. A planned run without a result at
+    the table's epochs is a failure (RunnerError) naming it, after the table that shows why in its status."""
     rows = write_results(results_dir, planned)
     print("\n" + markdown_table(rows))
+    missing = [row for row in rows if row["status"] != "ok"]
+    if missing:
+        raise RunnerError(f"{len(missing)} of {len(rows)} rows of {results_dir / 'results.csv'} lack runs: version "
+                          f"{missing[0]['version']}: {missing[0]['status']} (its status column says why)")
     return rows
 
 
-def run_summary(folder: RunFolder, epochs: int) -> dict | None:
+def run_summary(folder: RunFolder, epochs: int) -> tuple[dict | None, str]:
     """A run's numbers at the table's epoch count, from its checkpoint: train accuracy of that epoch, test
-    accuracy of its last tested epoch up to it (the final test-time-augmented one when the run ended there).
-    None while the run has not trained that far."""
+    accuracy of its last tested epoch up to it (the final test-time-augmented one when the run ended there). With
+    them "ok"; without (None), why not."""
     if not folder.has_checkpoint():
-        return None
-    metrics = folder.load_checkpoint()["metrics"][:epochs]
-    tested = [row for row in metrics if row["test_acc"] is not None]
-    if len(metrics) < epochs or not tested:
-        return None
-    last = tested[-1]
+        return None, "not trained yet"
+    metrics = folder.load_checkpoint()["metrics"]
+    tested = [row["epoch"] for row in metrics if row["test_acc"] is not None]
+    if len(metrics) < epochs:
+        return None, f"trained {len(metrics)} of {epochs} epochs"
+    metrics = metrics[:epochs]
+    if not [row for row in metrics if row["test_acc"] is not None]:
+        return None, f"not tested by epoch {epochs} (tested after epochs {', '.join(map(str, tested))})"
+    last = [row for row in metrics if row["test_acc"] is not None][-1]
     final = last["epoch"] == epochs and "final_test_acc" in last
     return dict(train_acc=metrics[-1]["train_acc"], test_acc=last["final_test_acc"] if final else last["test_acc"],
                 seconds=sum(row["seconds"] for row in metrics) + (last["final_test_seconds"] if final else 0),
-                curve={row["epoch"]: row["test_acc"] for row in tested})
+                curve={row["epoch"]: row["test_acc"] for row in metrics if row["test_acc"] is not None}), "ok"
 
 
 def write_results(results_dir: Path, planned: list) -> list:
+    """A row per version planned, from the runs that have a result at the table's epochs; `status` says "ok" or
+    which runs have none and why, so a row is never left out silently."""
     runs = {}
     for run, folder in planned:
-        summary = run_summary(folder, run.recipe.epochs)
-        if summary:
-            runs.setdefault(run.version, []).append((run, folder, summary))
+        runs.setdefault(run.version, []).append((run, *run_summary(folder, run.recipe.epochs)))
     rows, curves = [], {}
-    for version, finished in runs.items():
-        run, folder, _ = finished[0]
-        summaries = [summary for _, _, summary in finished]
+    for version, outcomes in runs.items():
+        run = outcomes[0][0]
+        summaries = [summary for _, summary, _ in outcomes if summary]
+        missing = [f"seed {other.identity.seed}: {status}" for other, summary, status in outcomes if not summary]
         tests = [summary["test_acc"] for summary in summaries]
         reference = VERSIONS[version].reference
         folder_name = run.runtime.image_folder and Path(run.runtime.image_folder).name
+        mean = statistics.fmean(tests) if tests else None
         rows.append(dict(
             version=version, dataset=run.dataset + (f" (folder: {folder_name})" if folder_name else ""),
-            params=VERSIONS[version].params, epochs=run.recipe.epochs, seeds=len(finished),
-            train_acc=statistics.fmean(summary["train_acc"] for summary in summaries), test_acc=statistics.fmean(tests),
-            test_acc_std=statistics.stdev(tests) if len(tests) > 1 else None,
+            params=VERSIONS[version].params, epochs=run.recipe.epochs, seeds=len(summaries),
+            train_acc=statistics.fmean(summary["train_acc"] for summary in summaries) if summaries else None,
+            test_acc=mean, test_acc_std=statistics.stdev(tests) if len(tests) > 1 else None,
             ref_train_acc=reference[0] if reference else None, ref_test_acc=reference[1] if reference else None,
-            test_delta=statistics.fmean(tests) - reference[1] if reference else None,
+            test_delta=mean - reference[1] if reference and tests else None,
             reference_source=VERSIONS[version].reference_source,
-            seconds=statistics.fmean(summary["seconds"] for summary in summaries)))
-        epochs = sorted({epoch for summary in summaries for epoch in summary["curve"]})
-        curves.setdefault(DATASETS[run.dataset].title, {})[f"v{version}"] = (epochs, [
-            statistics.fmean(summary["curve"][epoch] for summary in summaries if epoch in summary["curve"])
-            for epoch in epochs])
-    lines = [",".join(RESULT_COLUMNS)] + [",".join(format_value(row[name], csv=True) for name in RESULT_COLUMNS)
-                                          for row in rows]
+            seconds=statistics.fmean(summary["seconds"] for summary in summaries) if summaries else None,
+            status="; ".join(missing) or "ok"))
+        if summaries:
+            epochs = sorted({epoch for summary in summaries for epoch in summary["curve"]})
+            curves.setdefault(DATASETS[run.dataset].title, {})[f"v{version}"] = (epochs, [
+                statistics.fmean(summary["curve"][epoch] for summary in summaries if epoch in summary["curve"])
+                for epoch in epochs])
+    columns = RESULT_COLUMNS + ["status"]
+    lines = [",".join(columns)] + [",".join(format_value(row[name], csv=True) for name in columns) for row in rows]
     write_text(results_dir / "results.csv", "\n".join(lines) + "\n")
     write_text(results_dir / "results.md", markdown_table(rows) + "\n")
     if curves:
@@ -156,5 +168,7 @@ def markdown_table(rows: list) -> str:
         delta = "" if row["test_delta"] is None else f"{row['test_delta']:+.4f}"
         lines.append("| " + " | ".join([
             str(row["version"]), row["dataset"], f"{row['params']:,}", str(row["epochs"]), str(row["seeds"]),
-            format_value(row["train_acc"]), test, reference, delta, f"{row['seconds']:.0f}"]) + " |")
-    return "\n".join(lines)
+            format_value(row["train_acc"]), test, reference, delta,
+            "" if row["seconds"] is None else f"{row['seconds']:.0f}"]) + " |")
+    notes = [f"v{row['version']} lacks runs: {row['status']}" for row in rows if row["status"] != "ok"]
+    return "\n".join(lines + ([""] + notes if notes else []))

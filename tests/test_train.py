@@ -10,7 +10,7 @@ import records
 import train
 from devices import resolve_device
 from configs import VERSIONS
-from conftest import make_mnist
+from conftest import make_mnist, watch_output_dtypes
 from errors import CheckpointError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -203,7 +203,8 @@ def test_table_of_two_versions_writes_results_and_skips_them_next_time(cli, mnis
     with open(table / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["version", "dataset", "params", "epochs", "seeds", "train_acc", "test_acc",
-                             "test_acc_std", "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
+                             "test_acc_std", "ref_train_acc", "ref_test_acc", "test_delta", "seconds", "status"]
+    assert [row["status"] for row in rows] == ["ok", "ok"]
     assert [(row["version"], row["params"], row["epochs"]) for row in rows] == [("1", "79510", "2"),
                                                                                  ("3", "9402", "2")]
     assert abs(float(rows[0]["test_delta"]) - (float(rows[0]["test_acc"]) - 0.95)) < 1e-4
@@ -251,11 +252,13 @@ def test_eval_and_predict_a_saved_run(cli, image_folder, tmp_path):
     assert code == 1 and "broken.png cannot be read" in err
 
 
-def test_amp_runs_on_the_cpu_and_is_recorded(cli, mnist_dir, tmp_path):
+def test_amp_runs_on_the_cpu_and_is_recorded(cli, mnist_dir, tmp_path, monkeypatch):
+    dtypes = watch_output_dtypes(monkeypatch, torch.nn.Conv2d)
     train_tiny(cli, mnist_dir, tmp_path / "run", "--amp", "--device", "cpu", version="3", epochs=1)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["amp"] is True and config["overrides"]["amp"] is True
     assert 0 <= float(metrics_of(tmp_path / "run")[0]["test_acc"]) <= 1
+    assert dtypes == {torch.bfloat16}  # training and testing, under bfloat16 autocast
 
 
 def test_an_image_folder_in_a_table_stands_in_for_the_versions_of_its_size(cli, mnist_dir, image_folder, tmp_path):
