@@ -14,7 +14,6 @@ import itertools
 import statistics
 import sys
 import time
-import warnings
 
 import torch
 
@@ -26,7 +25,7 @@ from loaders import (BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, aug
                      classic_transform)
 from main import default_cache_dir, version_list
 from models import build_model, fit_input_layers
-from settings import DATASETS, device_name, positive_int
+from settings import DATASETS, device_name, positive_int, worker_count
 from state import TrainingState
 from train import on_device, to_model_input, train_step, uses_channels_last
 
@@ -115,7 +114,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first (10)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="measurements per feed; median (5)")
     parser.add_argument("--batch-size", type=positive_int, help="batch size (default: each version's own)")
-    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=worker_count, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", type=device_name, default="auto")
     parser.add_argument("--data-dir", default="data", help="MNIST and Fashion-MNIST (and CIFAR-10) folder")
     parser.add_argument("--image-folder", help="image folder for the CIFAR-10 versions, e.g. a cifar10-jpeg tree")
@@ -124,7 +123,6 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", message="This DataLoader will create")  # the seed's 4 workers, kept on purpose
     try:
         device = resolve_device(args.device)
     except ValueError as error:

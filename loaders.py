@@ -10,6 +10,7 @@ the reflect-padded image and horizontal flips are index arithmetic inside that g
 per-image Python and no PIL.
 """
 import signal
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -189,10 +190,12 @@ def ignore_interrupts(worker: int) -> None:
 
 
 class ClassicLoader:
-    """The seed's loop: PIL images through torchvision transforms in worker processes, every epoch."""
+    """The seed's loop: PIL images through torchvision transforms in CLASSIC_WORKERS worker processes, every epoch.
+    Each pass draws its workers' base seed from `workers_seed`; a pass that draws nothing random (testing) gives
+    None and takes a fresh generator, so testing never moves the training's streams."""
 
     def __init__(self, dataset: Dataset, plan: BatchPlan, device: torch.device,
-                 shuffle: torch.Generator | None, workers_seed: torch.Generator):
+                 shuffle: torch.Generator | None, workers_seed: torch.Generator | None):
         self.dataset, self.plan, self.shuffle, self.workers_seed = dataset, plan, shuffle, workers_seed
         self.pin_memory = device.type == "cuda"
 
@@ -201,9 +204,14 @@ class ClassicLoader:
 
     def batches(self, epoch: int = 1):
         batches = self.plan.batches(self.shuffle)
-        loader = iter(DataLoader(self.dataset, batch_sampler=[index.tolist() for index, _ in batches if len(index)],
-                                 num_workers=CLASSIC_WORKERS, pin_memory=self.pin_memory, generator=self.workers_seed,
-                                 persistent_workers=False, worker_init_fn=ignore_interrupts))
+        with warnings.catch_warnings():
+            # The seed's 4 workers are kept on purpose (README's benchmark compares with them), on any core count.
+            warnings.filterwarnings("ignore", message="This DataLoader will create")
+            loader = iter(DataLoader(
+                self.dataset, batch_sampler=[index.tolist() for index, _ in batches if len(index)],
+                num_workers=CLASSIC_WORKERS, pin_memory=self.pin_memory,
+                generator=self.workers_seed if self.workers_seed is not None else torch.Generator(),
+                persistent_workers=False, worker_init_fn=ignore_interrupts))
         for index, divisor in batches:
             if len(index):
                 images, labels = next(loader)
@@ -250,7 +258,7 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
         loaders = (ClassicLoader(train, BatchPlan(len(train), recipe.batch_size, recipe.drop_last, rank, world),
                                  device, state.generators["shuffle"], state.generators["workers"]),
                    ClassicLoader(test, BatchPlan(len(test), recipe.batch_size, rank=rank, world_size=world,
-                                                 training=False), device, None, state.generators["workers"]))
+                                                 training=False), device, None, None))
     if not len(loaders[0]):
         raise DataError(f"{source.name}: the training split is smaller than one batch of {recipe.batch_size} and the "
                         "last partial batch is dropped: give a smaller --batch-size")
