@@ -133,6 +133,9 @@ def process_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     devices = (args.device or "").split(",")
     if len(devices) > 1 and args.procs not in (None, len(devices)):
         parser.error(f"--procs {args.procs} does not match the {len(devices)} devices of --device {args.device}")
+    if len(devices) == 1 and (args.procs or 1) > 1 and devices[0].startswith("cuda:"):
+        parser.error(f"--device {args.device}: the {args.procs} processes would share one GPU; give --device cuda "
+                     "(each takes the GPU of its LOCAL_RANK) or a list of devices")
     if "RANK" in os.environ:
         return 1
     return max(args.procs or 1, len(devices))

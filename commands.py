@@ -113,7 +113,7 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         return
     device = device_or_error(parser, args.device or "auto", bool(args.amp))
     seeds = args.seeds or [args.seed or 0]
-    several = len(args.versions) * len(seeds) > 1
+    several = len(args.versions) > 1 or args.seeds is not None  # --seeds writes a results folder, even for one
     batch_sizes = {args.batch_size or VERSIONS[version].recipe.batch_size for version in args.versions}
     group = join_processes(parser, args, device, not several, batch_sizes, bool(args.sync_bn))
     progress.marker = distributed.failure_marker(args.out)
@@ -127,7 +127,7 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     distributed.on_first("checking the results folder", lambda: results.claim_results_folder(results_dir))
     again = [word for word in argv if word != "--force"] + ([] if args.out else ["--out", results_dir])
     progress.label, progress.folder, progress.resume_command = "Results folder", results_dir, command_line(*again)
-    planned = [(run, RunFolder(results_dir / results.run_name(run.version, run.identity.seed, len(seeds) > 1)))
+    planned = [(run, RunFolder(results_dir / results.run_name(run.version, run.identity.seed, args.seeds is not None)))
                for run in runs]
     mine = planned[distributed.rank()::distributed.world_size()]
     alone = distributed.world_size() == 1
@@ -210,21 +210,21 @@ def continue_run(run: RunConfig, folder: RunFolder, changes: dict, device, group
 
 
 def run_saved(parser, args, command: str) -> None:
-    """eval or predict a finished run (main.py has checked the arguments)."""
-    device = device_or_error(parser, args.device, False)
+    """eval or predict a finished run (main.py has checked the arguments), in the run's numerics."""
+    folder = RunFolder(Path(args.run_dir))
+    run = folder.read_config()
+    device = device_or_error(parser, args.device, run.identity.amp)
     import saved
     from data import DataSource
 
-    folder = RunFolder(Path(args.run_dir))
     if command == "predict":
-        for image, best in zip(args.images, saved.predict(folder, args.images, device)):
+        for image, best in zip(args.images, saved.predict(folder, run, args.images, device)):
             print(f"{image}: " + ", ".join(f"{name} {probability:.4f}" for name, probability in best))
         return
-    run = folder.read_config()
     source = DataSource(run.dataset, args.data_dir or run.runtime.data_dir,
                         args.image_folder or run.runtime.image_folder, args.cache_dir or run.runtime.cache_dir,
                         run.identity.resize)
-    report = saved.evaluate_run(folder, device, source, args.quiet)
+    report = saved.evaluate_run(folder, run, device, source, args.quiet)
     print(f"Test Loss: {report['loss']:.4f} | Test Acc: {report['accuracy']:.4f}"
           + (f" (test-time augmentation: {report['tta']})" if report["tta"] else ""))
     width = max(len(name) for name in report["per_class"])
@@ -236,11 +236,12 @@ def run_saved(parser, args, command: str) -> None:
 
 
 def fail(message: str, code: int, shared: bool = False, marker: Path | None = None) -> int:
-    """One line on stderr; a failure every process shares is told by the first alone. With a marker, restarted
-    processes will find the failure and end at once instead of repeating it."""
+    """One line on stderr; a failure every process shares is told by the first alone. With a marker (left by every
+    process that meets the failure, whichever torchrun stops first), restarted processes will find the failure and
+    end at once instead of repeating it."""
+    if marker:
+        leave_failure_marker(marker.parent, message)
     if not shared or distributed.is_writer():
-        if marker:
-            leave_failure_marker(marker.parent, message)
         print(f"error: {message}", file=sys.stderr)
     return code
 

@@ -13,8 +13,9 @@ from tqdm import tqdm
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-class Stopped(Exception):
-    """A stop was asked for by a signal; exit_code is 130 (SIGINT) or 143 (SIGTERM)."""
+class Stopped(BaseException):
+    """A stop was asked for by a signal; exit_code is 130 (SIGINT) or 143 (SIGTERM). Like KeyboardInterrupt it is
+    no error, so no `except Exception` (a failed download, a damaged cache) can mistake it for one."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)

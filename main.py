@@ -10,7 +10,7 @@ from pathlib import Path
 
 import checks
 from configs import VERSIONS
-from settings import (DATASETS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields, positive_int,
+from settings import (DATASETS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields, worker_count,
                       seed_number)
 
 GROUP_TITLES = {
@@ -63,16 +63,17 @@ def seed_list(text: str) -> list[int]:
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser; under several processes only the first prints a usage error (all exit 2), and with
-    torchrun's restarts the error is left in --out so that restarted processes end at once."""
+    torchrun's restarts every process leaves the error in --out (whichever torchrun stops first), so that
+    restarted processes end at once."""
 
     def error(self, message: str):
-        if os.environ.get("RANK", "0") != "0":
-            self.exit(2)
         out = getattr(self, "out", None)
         if out and "RANK" in os.environ and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
             from records import leave_failure_marker
 
             leave_failure_marker(Path(out), message)
+        if os.environ.get("RANK", "0") != "0":
+            self.exit(2)
         super().error(message)
 
 
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument("--seeds", type=seed_list, metavar="S,S,...",
                                help="train each version once per seed and report mean ± std")
         if kind is Runtime:
-            group.add_argument("--procs", type=positive_int, metavar="N",
+            group.add_argument("--procs", type=worker_count, metavar="N",
                                help="processes on this machine, as torchrun --nproc_per_node N (see README)")
     record = parser.add_argument_group("records")
     record.add_argument("--out", metavar="DIR", help="run folder (one version) or results folder (several)")

@@ -1,5 +1,5 @@
 """A saved run put to use: test it again (eval) or classify images with it (predict), with the test-time
-augmentation of its recipe."""
+augmentation of its recipe and in its numerics (bfloat16 autocast for an --amp run, as its tests had)."""
 import torch
 from torch import nn
 
@@ -10,14 +10,13 @@ from loaders import BatchPlan, ResidentLoader
 from models import build_model
 from records import CONFUSION, MISTAKES, RunFolder
 from settings import DATASETS, RunConfig
-from train import TTA_NAMES, evaluate, on_device, tta_output, uses_channels_last
+from train import TTA_NAMES, autocast, evaluate, on_device, tta_output, uses_channels_last
 
 MISTAKES_SHOWN = 64
 
 
-def load_trained(folder: RunFolder, device: torch.device) -> tuple[RunConfig, nn.Module, list]:
-    """A saved run's config, its model with the last checkpoint's weights (in eval mode), and its class names."""
-    run = folder.read_config()
+def load_trained(folder: RunFolder, run: RunConfig, device: torch.device) -> tuple[nn.Module, list]:
+    """A saved run's model with the last checkpoint's weights (in eval mode), and its class names."""
     state = folder.load_checkpoint()
     model = build_model(run.recipe, DATASETS[run.dataset].channels)
     try:
@@ -25,17 +24,18 @@ def load_trained(folder: RunFolder, device: torch.device) -> tuple[RunConfig, nn
     except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"{folder.path / 'checkpoint.pt'} does not fit version {run.version}'s model "
                               f"({type(error).__name__}): train again in a new folder") from None
-    return run, on_device(model, device).eval(), list(state["classes"])
+    return on_device(model, device).eval(), list(state["classes"])
 
 
-def evaluate_run(folder: RunFolder, device: torch.device, source: DataSource, quiet: bool) -> dict:
+def evaluate_run(folder: RunFolder, run: RunConfig, device: torch.device, source: DataSource, quiet: bool) -> dict:
     """Test a saved run on its test split (with its recipe's test-time augmentation): loss, accuracy, per-class
     accuracy, confusion.png, and mistakes.png with the most confident mistakes."""
-    run, model, classes = load_trained(folder, device)
+    model, classes = load_trained(folder, run, device)
     test = load_split(source, train=False)
     check_classes(classes, test.classes, source.name)
     loader = ResidentLoader(test, BatchPlan(len(test.labels), run.recipe.batch_size), device)
-    result = evaluate(model, loader, device, False, quiet, len(classes), tta=run.recipe.tta, keep_outputs=True)
+    result = evaluate(model, loader, device, run.identity.amp, quiet, len(classes), tta=run.recipe.tta,
+                      keep_outputs=True)
     per_class = (result.confusion.diag() / result.confusion.sum(dim=1).clamp(min=1)).tolist()
     title = f"Version {run.version}"
     folder.write_picture(CONFUSION, lambda f: plots.save(plots.confusion_figure(result.confusion, classes, title), f))
@@ -48,14 +48,15 @@ def evaluate_run(folder: RunFolder, device: torch.device, source: DataSource, qu
 
 
 @torch.no_grad()
-def predict(folder: RunFolder, images: list, device: torch.device, top: int = 3) -> list:
+def predict(folder: RunFolder, run: RunConfig, images: list, device: torch.device, top: int = 3) -> list:
     """The top classes with probabilities for each image file, resized to the model's input."""
-    run, model, classes = load_trained(folder, device)
+    model, classes = load_trained(folder, run, device)
     channels, size = DATASETS[run.dataset].channels, DATASETS[run.dataset].size
     batch = torch.stack([load_image(path, channels, size) for path in images]).to(device)
     if uses_channels_last(model):
         batch = batch.contiguous(memory_format=torch.channels_last)
-    probabilities = tta_output(model, batch, run.recipe.tta).exp()
+    with autocast(device, run.identity.amp):
+        probabilities = tta_output(model, batch, run.recipe.tta).float().exp()
     best = probabilities.topk(min(top, len(classes)), dim=1)
     return [[(classes[index], value) for value, index in zip(values.tolist(), indices.tolist())]
             for values, indices in zip(best.values, best.indices)]

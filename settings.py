@@ -42,8 +42,17 @@ def whole_number(text: str, low: int, high: int | None = None) -> int:
     return value
 
 
+LARGEST_INT = 2 ** 31 - 1  # what torch and C take as an int
+MOST_WORKERS = 1024  # threads or processes on one machine
+
+
 def positive_int(text: str) -> int:
-    return whole_number(text, 1)
+    return whole_number(text, 1, LARGEST_INT)
+
+
+def worker_count(text: str) -> int:
+    """Threads or processes on one machine."""
+    return whole_number(text, 1, MOST_WORKERS)
 
 
 def seed_number(text: str) -> int:
@@ -65,6 +74,8 @@ def device_name(text: str) -> str:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?|cuda:\d+(,cuda:\d+)+", text):
         raise argparse.ArgumentTypeError(f"'{text}' is not a device: use auto, cpu, cuda, cuda:K, mps or a list "
                                          "such as cuda:0,cuda:1")
+    if any(int(index) > LARGEST_INT for index in re.findall(r"\d+", text)):
+        raise argparse.ArgumentTypeError(f"'{text}': a device number is at most {LARGEST_INT}")
     if len(set(text.split(","))) != len(text.split(",")):
         raise argparse.ArgumentTypeError(f"'{text}' names a device twice")
     return text
@@ -136,7 +147,7 @@ class Runtime:
     device: str = field(default="auto", metadata=option(
         "--device", "auto (default), cpu, cuda, cuda:K, mps, or cuda:0,cuda:1,... (one process each)", device_name,
         "D"))
-    threads: int | None = field(default=None, metadata=option("--threads", "CPU threads for torch", positive_int))
+    threads: int | None = field(default=None, metadata=option("--threads", "CPU threads for torch", worker_count))
     data_dir: str = field(default="data", metadata=option(
         "--data-dir", "where datasets are found or downloaded (default ./data)", str, "DIR"))
     image_folder: str | None = field(default=None, metadata=option(

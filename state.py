@@ -165,13 +165,18 @@ class TrainingState:
             self.generators[name].manual_seed(derive_seed(self.seed, name, occasion, self.group.rank))
 
     def diverged(self, loss: float, accuracy: float, classes: int) -> str | None:
-        """Why the run diverged, or None: a loss that is not finite, or one that exploded (over 100 times the
-        first measured) while accuracy fell to chance."""
+        """Why the run diverged, or None. Accuracy at chance (at most 1.5 / classes) with a loss over 10 ln(classes)
+        (a uniform guess scores ln(classes)) is a divergence whenever it starts, even in the first window; so is a
+        loss that is not finite, or one that exploded to over 100 times the first measured at chance accuracy."""
         if not math.isfinite(loss):
             return f"the loss became {loss}"
+        at_chance = accuracy <= 1.5 / classes
+        if at_chance and loss > 10 * math.log(classes):
+            return f"the loss reached {loss:.4g} (over 10 times a uniform guess's, {math.log(classes):.4g}) " \
+                   f"with accuracy at chance ({accuracy:.2f})"
         if self.first_loss is None:
             self.first_loss = loss
-        elif loss > 100 * self.first_loss and accuracy <= 1.5 / classes:
+        elif at_chance and loss > 100 * self.first_loss:
             return f"the loss exploded to {loss:.4g} (over 100 times its first value, {self.first_loss:.4g}) " \
                    f"and accuracy fell to chance ({accuracy:.2f})"
         return None
