@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check: on a machine with one NVIDIA GPU and no internet, in about 8 minutes, from the repository
 # root (torch, torchvision, tqdm, numpy, matplotlib, pytest and hypothesis installed):
-#   1. the test suite, its CUDA tests included;
+#   1. the CUDA tests (tests/test_gpu.py), then the rest of the test suite;
 #   2. bench.py --synthetic for versions 1, 9 and 13;
 #   3. version 9 (25 epochs) and version 13 on a synthetic image folder of CIFAR-10's shape written here: the time
 #      from the first step to the final test (the epochs' train + test seconds and the final test, from the
@@ -17,8 +17,9 @@ export XDG_CACHE_HOME="$WORK/cache"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
-echo "== 1. test suite"
-timeout 240 python3 -m pytest -q -x tests 2>&1 | tail -5
+echo "== 1. the CUDA tests first (so a failure elsewhere cannot hide them), then the rest of the suite"
+timeout 120 python3 -m pytest -q tests/test_gpu.py 2>&1 | tail -15
+timeout 240 python3 -m pytest -q -x tests --ignore=tests/test_gpu.py 2>&1 | tail -5
 
 echo "== 2. bench.py --synthetic"
 timeout 150 python3 bench.py --synthetic --versions 1,9 --steps 100 --repeats 3
