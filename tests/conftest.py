@@ -139,3 +139,20 @@ def real_data_dir() -> Path:
     if not path or not Path(path).is_dir():
         pytest.skip("real data not available: set DATA_DIR to a folder with MNIST/, FashionMNIST/ and cifar10-jpeg/")
     return Path(path)
+
+
+def watch_output_dtypes(monkeypatch, layer: type) -> set:
+    """The dtypes that the layers of this type compute in, in every model train.fit builds from now on."""
+    import train
+
+    seen, real_build = set(), train.build_model
+
+    def build_and_watch(recipe, channels):
+        model = real_build(recipe, channels)
+        for module in model.modules():
+            if isinstance(module, layer):
+                module.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        return model
+
+    monkeypatch.setattr(train, "build_model", build_and_watch)
+    return seen

@@ -2,8 +2,11 @@
 
 - weights: every process, not only the writer, saves its model's weights beside the checkpoint;
 - fail: the process of rank 1 fails with a RunnerError at its third step;
-- kill: the process of rank 1 kills itself (SIGKILL) after the first epoch, unless it was restarted.
+- kill: the process of rank 1 kills itself (SIGKILL) after the first epoch, unless it was restarted;
+- steps: every process writes its pid to PROBE_DIR/pid-rank{RANK} as it starts, and the number of training steps
+  it began to PROBE_DIR/steps-rank{RANK} as it exits.
 """
+import atexit
 import os
 import signal
 import sys
@@ -34,6 +37,15 @@ def failing_step(*args):
     return train_step(*args)
 
 
+def counted_step(*args):
+    steps.append(1)
+    return train_step(*args)
+
+
+def write_steps():
+    (Path(os.environ["PROBE_DIR"]) / f"steps-rank{RANK}").write_text(str(len(steps)))
+
+
 def save_then_die(folder, state):
     save_checkpoint(folder, state)
     if RANK == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
@@ -46,6 +58,10 @@ elif PATCH == "fail":
     train.train_step = failing_step
 elif PATCH == "kill":
     records.RunFolder.save_checkpoint = save_then_die
+elif PATCH == "steps":
+    (Path(os.environ["PROBE_DIR"]) / f"pid-rank{RANK}").write_text(str(os.getpid()))
+    train.train_step = counted_step
+    atexit.register(write_steps)
 
 import main  # noqa: E402
 

@@ -62,7 +62,7 @@ def test_flags_follow_from_the_settings_types():
 
 
 CHILD = """
-import os, signal, sys
+import os, signal, sys, time
 sys.path.insert(0, {root!r})
 import {module} as target
 real, calls = target.{function}, []
@@ -72,6 +72,7 @@ def patched(*args, **kwargs):
     if len(calls) == {at}:
         for _ in range({times}):
             os.kill(os.getpid(), signal.{signal})
+        time.sleep({pause})
     return real(*args, **kwargs)
 
 target.{function} = patched
@@ -82,12 +83,14 @@ sys.exit(main.main(sys.argv[1:]))
 
 @pytest.fixture
 def child(tmp_path):
-    """Start main.py in a real process with a signal sent to itself on the at-th call of module.function; the
-    process is always reaped, even when the test fails."""
+    """Start main.py in a real process with a signal sent to itself `times` times on the at-th call of
+    module.function, which then pauses `pause` seconds before doing its work; the process is always reaped, even
+    when the test fails."""
     processes = []
 
-    def start(module: str, function: str, at: int, signum: str, *argv, times: int = 1):
-        code = CHILD.format(root=str(ROOT), module=module, function=function, at=at, signal=signum, times=times)
+    def start(module: str, function: str, at: int, signum: str, *argv, times: int = 1, pause: float = 0):
+        code = CHILD.format(root=str(ROOT), module=module, function=function, at=at, signal=signum, times=times,
+                            pause=pause)
         process = subprocess.Popen([sys.executable, "-c", code, *map(str, argv), "--quiet", "--threads", "1"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
         processes.append(process)
@@ -143,7 +146,10 @@ def test_a_signal_during_an_image_folder_decode_stops_and_the_same_command_start
 
 
 def test_a_second_signal_stops_at_once(child, tmp_path):
+    """Two Ctrl-Cs as the first checkpoint is about to be written (a moment the flag alone would let pass): the
+    second ends the process there, so the write never happens, instead of after a 30-second pause."""
     data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
-    code, _, err = child("train", "train_step", 3, "SIGINT", "1", "--epochs", 2, "--data-dir", data, "--out", run,
-                         times=2)
+    code, _, err = child("records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 2, "--data-dir", data,
+                         "--out", run, times=2, pause=30)
     assert code == 130 and "Traceback" not in err, err
+    assert not (run / "checkpoint.pt").exists() and "start the run again" in err

@@ -7,10 +7,12 @@ import shlex
 import pytest
 import torch
 
+import configs
 import data
 import devices
 import loaders
 import records
+import saved
 import train
 from conftest import make_image_folder
 from test_train import metrics_of, train_tiny
@@ -246,3 +248,157 @@ def test_an_epoch_without_a_step_is_a_data_error(cli, tmp_path):
     folder = make_image_folder(tmp_path / "images", train=20, test=10)
     code, _, err = cli("12", "--epochs", 1, "--image-folder", folder, "--out", tmp_path / "run", "--quiet")
     assert code == 1 and "smaller than one batch of 1024" in err and "--batch-size" in err
+
+
+# Defects a review found by running the code where users run it (issue: "Where users run it"). Defects 1 and 2
+# (tensors left on the CPU; float64 on MPS) are caught by tests/test_devices.py.
+
+
+def test_force_on_a_table_whose_run_folders_do_not_exist_yet(cli, mnist_dir, tmp_path):
+    code, _, err = cli("1,3", "--epochs", 1, "--data-dir", mnist_dir, "--out", tmp_path / "new", "--quiet", "--force")
+    assert code == 0, err
+    assert (tmp_path / "new" / "v1" / "checkpoint.pt").exists() and (tmp_path / "new" / "v3" / "checkpoint.pt").exists()
+
+
+def test_force_on_a_grown_table(cli, mnist_dir, tmp_path):
+    table = tmp_path / "table"
+    assert cli("1", "--seeds", "0", "--epochs", 1, "--data-dir", mnist_dir, "--out", table, "--quiet")[0] == 0
+    code, _, err = cli("1", "--seeds", "0,1", "--epochs", 1, "--data-dir", mnist_dir, "--out", table, "--quiet",
+                       "--force")
+    assert code == 0, err
+    assert results_rows(table)[0]["seeds"] == "2"
+
+
+def test_testing_more_often_never_changes_the_weights_on_the_classic_loader(cli, tmp_path):
+    folder = make_image_folder(tmp_path / "images", train=40, test=20)
+    weights = []
+    for every in (1, 2):
+        run = tmp_path / f"every{every}"
+        code, _, err = cli("10", "--epochs", 2, "--batch-size", 16, "--loader", "torchvision", "--eval-every", every,
+                           "--image-folder", folder, "--out", run, "--quiet")
+        assert code == 0, err
+        weights.append(records.load_checkpoint(run / "checkpoint.pt")["model"])
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_a_table_without_a_result_at_the_epochs_asked_says_so_and_fails(cli, mnist_dir, tmp_path):
+    table = tmp_path / "table"
+    common = ("1", "--seeds", "0", "--data-dir", mnist_dir, "--out", table, "--quiet")
+    assert cli(*common, "--epochs", 3, "--eval-every", 2)[0] == 0
+    code, out, err = cli(*common, "--epochs", 1)
+    assert code == 1 and "lack runs" in err and "Traceback" not in err
+    rows = results_rows(table)
+    assert len(rows) == 1 and rows[0]["test_acc"] == ""
+    assert rows[0]["status"] == "seed 0: not tested by epoch 1 (tested after epochs 2, 3)"
+    assert "v1 lacks runs: seed 0: not tested by epoch 1" in (table / "results.md").read_text()
+
+
+def test_a_second_ctrl_c_during_a_download_stops_at_once(cli, tmp_path, monkeypatch):
+    import signal
+
+    from console import Stopped
+
+    def interrupted_download(dataset):
+        def download(**kwargs):
+            raise Stopped(signal.SIGINT)
+        return download
+
+    monkeypatch.setattr(data, "torchvision_class", interrupted_download)
+    code, _, err = cli("1", "--epochs", 1, "--data-dir", tmp_path / "empty", "--out", tmp_path / "run", "--quiet")
+    assert code == 130 and "interrupted" in err and "could not be downloaded" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["1", "--threads", "99999999999999999999"],
+    ["1", "--device", "cuda:99999999999999999999"],
+    ["1", "--procs", "99999999999999999999"],
+    ["1", "--epochs", "99999999999999999999"],
+    ["eval", "RUN", "--device", "cuda:99999999999999999999"],
+])
+def test_numbers_out_of_range_are_usage_errors(cli, tmp_path, argv):
+    code, _, err = cli(*[tmp_path if word == "RUN" else word for word in argv])
+    assert code == 2 and "99999999999999999999" in err.strip().splitlines()[-1] and "unexpected" not in err
+
+
+def test_one_seed_given_with_seeds_writes_a_results_folder(cli, mnist_dir, tmp_path):
+    table = tmp_path / "table"
+    code, out, err = cli("1", "--seeds", 3, "--epochs", 1, "--data-dir", mnist_dir, "--out", table, "--quiet")
+    assert code == 0, err
+    assert (table / "v1-seed3" / "checkpoint.pt").exists() and results_rows(table)[0]["seeds"] == "1"
+    assert out.splitlines()[-1] == f"Results folder: {table}"
+
+
+def test_a_run_that_diverges_from_its_first_steps_fails(cli, mnist_dir, tmp_path):
+    code, out, err = cli("1", "--lr", "1e3", "--epochs", 2, "--batch-size", 32, "--data-dir", mnist_dir, "--out",
+                         tmp_path / "run", "--quiet")
+    assert code == 1 and "Training complete!" not in out
+    assert "uniform guess" in err and "--lr 100" in err and "Traceback" not in err
+
+
+def fresh_state():
+    from models import build_model
+    from state import TrainingState
+
+    recipe = configs.VERSIONS[1].recipe
+    return TrainingState(1, recipe, build_model(recipe, 1), torch.device("cpu"), 0, 10)
+
+
+def test_divergence_has_a_rule_known_before_any_step():
+    state = fresh_state()
+    assert state.diverged(23.0, 0.10, 10) is None  # below 10 ln 10 = 23.03
+    assert state.diverged(24.0, 0.20, 10) is None  # above chance
+    assert "uniform guess" in fresh_state().diverged(24.0, 0.15, 10)  # in the very first window
+
+
+def test_divergence_still_compares_with_the_first_window():
+    state = fresh_state()
+    assert state.diverged(0.05, 0.9, 10) is None
+    assert state.diverged(4.0, 0.1, 10) is None  # under 100 times the first
+    assert "100 times its first value" in state.diverged(6.0, 0.1, 10)  # over it, yet under 10 ln 10
+    assert state.diverged(6.0, 0.2, 10) is None  # not at chance
+
+
+def test_several_processes_on_one_gpu_are_refused_by_the_parent(cli, tmp_path):
+    code, _, err = cli("1", "--procs", 2, "--device", "cuda:0", "--out", tmp_path / "run")
+    assert code == 2 and "would share one GPU" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_and_predict_follow_the_runs_numerics(cli, tmp_path, monkeypatch):
+    folder = make_image_folder(tmp_path / "images", train=40, test=20)
+    run = tmp_path / "run"
+    code, _, err = cli("9", "--epochs", 1, "--batch-size", 16, "--amp", "--device", "cpu", "--image-folder", folder,
+                       "--out", run, "--quiet")
+    assert code == 0, err
+    dtypes = []
+    real_tta_output = train.tta_output
+
+    def recording(model, images, tta):
+        output = real_tta_output(model, images, tta)
+        dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else output.dtype)
+        return output
+
+    monkeypatch.setattr(saved, "evaluate", lambda *args, **kwargs: train.evaluate(*args, **kwargs))
+    monkeypatch.setattr(train, "tta_output", recording)
+    monkeypatch.setattr(saved, "tta_output", recording)
+    code, out, err = cli("eval", run, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert float(out.split("Test Acc: ")[1].split()[0]) == pytest.approx(
+        float(metrics_of(run)[-1]["test_acc"]), abs=1e-4)
+    code, _, err = cli("predict", run, next((folder / "test").rglob("*.png")), "--device", "cpu")
+    assert code == 0, err
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+def test_the_classic_loader_keeps_its_four_workers_without_warning_the_user(monkeypatch):
+    import os
+    import warnings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    split = data.Split(torch.zeros(8, 1, 28, 28, dtype=torch.uint8), torch.arange(8) % 10, [])
+    loader = loaders.ClassicLoader(loaders.SplitDataset(split, loaders.classic_transform(28, 0, "none", False)),
+                                   loaders.BatchPlan(8, 4), torch.device("cpu"), None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batches = list(loader.batches())
+    assert len(batches) == 2 and loaders.CLASSIC_WORKERS == 4

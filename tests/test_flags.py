@@ -1,12 +1,18 @@
-"""README documents every flag the parser has, and every documented flag that can run on a CPU runs to success."""
+"""README documents every flag the parser has, and every documented flag that can run on a CPU runs to success;
+where success alone would not show the flag at work, a probe checks its effect."""
+import io
 import re
 import subprocess
 import sys
+import types
 
 import pytest
+import torch
 
+import console
 import main
-from conftest import ROOT, make_image_folder, make_mnist
+import train
+from conftest import ROOT, make_image_folder, make_mnist, watch_output_dtypes
 
 CUDA_ONLY = {"--sync-bn"}
 
@@ -52,7 +58,7 @@ def flag_runs(tmp_path, data) -> dict:
         "--amp": base + ["--amp", "--device", "cpu"],
         "--compile": base + ["--compile", "--device", "cpu"],
         "--deterministic": base + ["--deterministic"],
-        "--threads": base + ["--threads", "1"],
+        "--threads": base + ["--threads", "2"],
         "--procs": base + ["--procs", "2", "--device", "cpu", "--threads", "2"],
         "--quiet": base,
         "--out": base,
@@ -65,8 +71,50 @@ def test_every_documented_cpu_flag_has_a_run(tmp_path, data):
     assert set(flag_runs(tmp_path, data)) == readme_flags() - CUDA_ONLY
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def probe(flag: str, monkeypatch, tmp_path):
+    """For a flag whose run would succeed without it doing anything: what to watch during the run, and the check
+    after it (None for the other flags)."""
+    steps = []
+    real_step = train.train_step
+
+    def watched_step(state, *args):
+        steps.append(dict(model=type(state.step_model).__name__, threads=torch.get_num_threads(),
+                          deterministic=torch.are_deterministic_algorithms_enabled()))
+        return real_step(state, *args)
+
+    monkeypatch.setattr(train, "train_step", watched_step)
+    if flag == "--amp":
+        dtypes = watch_output_dtypes(monkeypatch, torch.nn.Linear)
+        return lambda: dtypes == {torch.bfloat16}
+    if flag == "--compile":
+        return lambda: {step["model"] for step in steps} == {"OptimizedModule"}
+    if flag == "--deterministic":
+        return lambda: steps and all(step["deterministic"] for step in steps)
+    if flag == "--threads":
+        return lambda: {step["threads"] for step in steps} == {2}
+    if flag == "--cache-dir":
+        return lambda: len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test split
+    if flag == "--quiet":
+        terminal = Terminal()
+        monkeypatch.setattr(console, "sys", types.SimpleNamespace(stderr=terminal))
+        return lambda: steps and terminal.getvalue() == ""  # a progress bar would show on this terminal
+    return None
+
+
+@pytest.fixture
+def restore_torch_settings():
+    yield
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.parametrize("flag", sorted(readme_flags() - CUDA_ONLY))
-def test_each_documented_flag_runs_to_success(cli, tmp_path, data, flag):
+def test_each_documented_flag_runs_to_success(cli, tmp_path, data, flag, monkeypatch, restore_torch_settings):
     argv = flag_runs(tmp_path, data)[flag]
     out = tmp_path / "out"
     if flag in ("--resume", "--force"):
@@ -81,6 +129,8 @@ def test_each_documented_flag_runs_to_success(cli, tmp_path, data, flag):
         assert result.returncode == 0, result.stderr
         assert (out / "checkpoint.pt").exists()
         return
+    check = probe(flag, monkeypatch, tmp_path)
     code, stdout, err = cli(*argv)
     assert code == 0, (argv, err)
     assert stdout.splitlines()[-1].split(": ", 1)[0] in ("Run folder", "Results folder")
+    assert check is None or check(), f"{flag} had no effect"

@@ -27,3 +27,11 @@ def test_version_6_learns_a_fifth_of_the_cifar10_jpeg_tree_in_two_epochs(cli, tm
     code, _, err = cli("6", "--epochs", 2, "--image-folder", tmp_path / "fifth", "--out", tmp_path / "v6", "--quiet")
     assert code == 0, err
     assert final_test_accuracy(tmp_path / "v6") > 0.25
+
+
+def test_version_1_at_a_learning_rate_that_diverges_at_once_fails(cli, tmp_path):
+    """The review's case: at lr 1e6 the loss is astronomic from the first window on, so no later window exceeds
+    100 times the first; the rule known before any step (10 ln C at chance accuracy) stops it."""
+    code, out, err = cli("1", "--lr", "1e6", "--epochs", 2, "--data-dir", real_data_dir(), "--out", tmp_path / "v1",
+                         "--quiet")
+    assert code == 1 and "Training complete!" not in out and "in epoch 1" in err, err
