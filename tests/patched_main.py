@@ -4,9 +4,12 @@
 - fail: the process of rank 1 fails with a RunnerError at its third step;
 - kill: the process of rank 1 kills itself (SIGKILL) after the first epoch, unless it was restarted;
 - steps: every process writes its pid to PROBE_DIR/pid-rank{RANK} as it starts, and the number of training steps
-  it began to PROBE_DIR/steps-rank{RANK} as it exits.
+  it began to PROBE_DIR/steps-rank{RANK} as it exits;
+- probes: every process writes to PROBE_DIR/probes-rank{RANK}, as it exits, how many images it decoded and the
+  names of the files it wrote.
 """
 import atexit
+import json
 import os
 import signal
 import sys
@@ -46,6 +49,28 @@ def write_steps():
     (Path(os.environ["PROBE_DIR"]) / f"steps-rank{RANK}").write_text(str(len(steps)))
 
 
+def write_probes(counted: dict) -> None:
+    (Path(os.environ["PROBE_DIR"]) / f"probes-rank{RANK}").write_text(json.dumps(counted))
+
+
+def probe_decoding_and_writing() -> None:
+    import data
+
+    counted = {"decoded": 0, "written": []}
+    decode_image, atomic_write = data.decode_image, records.atomic_write
+
+    def counted_decode(*args, **kwargs):
+        counted["decoded"] += 1
+        return decode_image(*args, **kwargs)
+
+    def counted_write(path, *args, **kwargs):
+        counted["written"].append(Path(path).name)
+        return atomic_write(path, *args, **kwargs)
+
+    data.decode_image, records.atomic_write = counted_decode, counted_write
+    atexit.register(write_probes, counted)
+
+
 def save_then_die(folder, state):
     save_checkpoint(folder, state)
     if RANK == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
@@ -58,6 +83,8 @@ elif PATCH == "fail":
     train.train_step = failing_step
 elif PATCH == "kill":
     records.RunFolder.save_checkpoint = save_then_die
+elif PATCH == "probes":
+    probe_decoding_and_writing()
 elif PATCH == "steps":
     (Path(os.environ["PROBE_DIR"]) / f"pid-rank{RANK}").write_text(str(os.getpid()))
     train.train_step = counted_step

@@ -153,3 +153,47 @@ def test_a_second_signal_stops_at_once(child, tmp_path):
                          "--out", run, times=2, pause=30)
     assert code == 130 and "Traceback" not in err, err
     assert not (run / "checkpoint.pt").exists() and "start the run again" in err
+
+
+def test_a_stop_lands_between_two_training_steps(cli, tmp_path, monkeypatch):
+    import signal
+
+    import console
+    import train
+
+    real_step, calls = train.train_step, []
+
+    def step_then_ask_to_stop(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            console.STOP.signum = signal.SIGINT  # as the handler does
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", step_then_ask_to_stop)
+    code, _, err = cli("1", "--epochs", 1, "--batch-size", 32, "--data-dir", make_mnist(tmp_path / "data"), "--out",
+                       tmp_path / "run", "--quiet")
+    assert code == 130 and len(calls) == 3, err  # the epoch has 7 steps
+
+
+def test_progress_is_read_every_50_steps_and_at_the_end_of_the_epoch(cli, tmp_path, monkeypatch):
+    import train
+
+    real_check, readings = train.check_progress, []
+    monkeypatch.setattr(train, "check_progress", lambda state, window, seen, epoch, step: readings.append(step) or
+                        real_check(state, window, seen, epoch, step))
+    code, _, err = cli("1", "--epochs", 1, "--batch-size", 4, "--data-dir", make_mnist(tmp_path / "data", train=240),
+                       "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    assert readings == [50, 60]
+
+
+def test_an_unexpected_failure_is_one_line_never_a_traceback(cli, tmp_path, monkeypatch):
+    import commands
+    import train
+
+    monkeypatch.delenv(commands.TRACEBACK, raising=False)
+    monkeypatch.setattr(train, "train_step", lambda *args: (_ for _ in ()).throw(ValueError("boom")))
+    code, _, err = cli("1", "--epochs", 1, "--data-dir", make_mnist(tmp_path / "data"), "--out", tmp_path / "run")
+    assert code == 1 and err.strip().splitlines() == [
+        f"error: unexpected ValueError: boom (set {commands.TRACEBACK}=1 to see where; please report it with the "
+        "command that led to it)"]

@@ -18,13 +18,14 @@ MAIN = str(ROOT / "main.py")
 PATCHED = str(ROOT / "tests" / "patched_main.py")
 
 
-def torchrun(*argv, processes: int = 2, patch: str | None = None, restarts: int = 0, timeout: float = 240):
+def torchrun(*argv, processes: int = 2, patch: str | None = None, restarts: int = 0, timeout: float = 240,
+             cwd=None, probe_dir=None):
     """torchrun --standalone with `processes` processes on main.py (or the patched main with PATCH=patch)."""
-    environment = dict(os.environ, PATCH=patch or "", PYTHONUNBUFFERED="1")
+    environment = dict(os.environ, PATCH=patch or "", PYTHONUNBUFFERED="1", PROBE_DIR=str(probe_dir or ""))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                f"--max-restarts={restarts}", "--monitor-interval=0.2", PATCHED if patch else MAIN,
                *map(str, argv), "--quiet", "--threads", "2"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=cwd)
 
 
 def alone(*argv):
@@ -38,7 +39,7 @@ def metrics(run) -> list:
 
 
 def test_two_processes_train_the_mlp_as_one_process_does(tmp_path):
-    data = make_mnist(tmp_path / "data")
+    data = make_mnist(tmp_path / "data", train=199)  # the last batch of 7 splits 4 / 3: weighted to the global mean
     common = ("1", "--epochs", 2, "--batch-size", 32, "--lr", 0.05, "--data-dir", data, "--device", "cpu")
     two = torchrun(*common, "--out", tmp_path / "two", patch="weights")
     assert two.returncode == 0, two.stderr
@@ -63,6 +64,7 @@ def test_two_processes_on_a_batchnorm_version_write_one_folder_test_everything_a
     assert metrics(tmp_path / "whole") == metrics(tmp_path / "parts")
     state = records.load_checkpoint(tmp_path / "parts" / "checkpoint.pt")
     assert len(state["processes"]) == 2
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["threads"] == 1  # --threads 2, split
     accuracies = [float(row["test_acc"]) for row in metrics(tmp_path / "whole")]
     assert any(0 < accuracy < 1 for accuracy in accuracies)  # so that a count of 16 or 15 would show below
     for accuracy in accuracies:
@@ -85,6 +87,7 @@ def test_a_killed_worker_is_restarted_and_the_run_has_every_epoch_once(tmp_path)
                       patch="kill", restarts=1)
     assert result.returncode == 0, result.stderr
     assert [row["epoch"] for row in metrics(tmp_path / "run")] == ["1", "2", "3"]
+    assert result.stdout.count("Epoch 1 / 3") == 1  # the restarted processes continued; they did not start over
 
 
 def test_restarts_need_an_out_folder(tmp_path):
@@ -228,3 +231,84 @@ def test_test_batches_are_never_dropped_across_processes():
     assert sorted(int(i) for plan in shares for index, _ in plan for i in index) == list(range(9))
     assert [len(plan[-1][0]) for plan in shares] == [1, 0, 0, 0]
     assert len(BatchPlan(9, 8, rank=0, world_size=4).batches(None)) == 1  # training drops a last batch of 1
+
+
+def test_a_run_continues_on_another_number_of_processes(tmp_path):
+    data = make_mnist(tmp_path / "data")
+    run = tmp_path / "run"
+    assert alone("1", "--epochs", 1, "--batch-size", 32, "--data-dir", data, "--out", run).returncode == 0
+    resumed = torchrun("--resume", run, "--epochs", 2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["epoch"] for row in metrics(run)] == ["1", "2"]
+    assert len(records.load_checkpoint(run / "checkpoint.pt")["processes"]) == 2
+
+
+def test_the_first_process_chooses_the_run_folder_for_all(tmp_path):
+    result = torchrun("1", "--epochs", 1, "--batch-size", 32, "--data-dir", make_mnist(tmp_path / "data"),
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and (folders[0] / "checkpoint.pt").exists()
+
+
+def test_one_process_per_machine_prepares_the_data_and_only_the_first_writes(tmp_path):
+    folder = make_image_folder(tmp_path / "images", train=32, test=16)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    result = torchrun("7", "--epochs", 1, "--batch-size", 16, "--image-folder", folder, "--out", tmp_path / "run",
+                      patch="probes", probe_dir=probe)
+    assert result.returncode == 0, result.stderr
+    decoded = [json.loads((probe / f"probes-rank{rank}").read_text()) for rank in (0, 1)]
+    assert decoded[0]["decoded"] == 48 and decoded[1]["decoded"] == 0  # rank 1 found the cache rank 0 wrote
+    assert decoded[0]["written"] and decoded[1]["written"] == []
+
+
+def test_a_failure_preparing_the_data_is_reported_once_and_ends_every_process(tmp_path):
+    folder = make_image_folder(tmp_path / "images", train=32, test=16)
+    (next((folder / "train").iterdir()) / "broken.png").write_bytes(b"not a png")
+    result = torchrun("7", "--epochs", 1, "--batch-size", 16, "--image-folder", folder, "--out", tmp_path / "run",
+                      timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count("cannot be read as an image") == 1, result.stderr
+
+
+def test_a_lost_peer_is_quiet_and_a_timeout_says_what_it_waited_for(monkeypatch):
+    import distributed
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    assert distributed.lost_peers(RuntimeError("Connection closed by peer [127.0.0.1]:4242")) == ""
+    assert distributed.lost_peers(RuntimeError("Socket Timeout"), "preparing the data") == \
+        "timed out waiting for the other processes at preparing the data"
+    assert distributed.lost_peers(ValueError("not a collective")) is None
+
+
+def test_restarted_processes_end_at_once_on_a_failure_left_in_out(tmp_path, monkeypatch):
+    import argparse
+
+    import commands
+    import distributed
+    from errors import RunnerError
+
+    for name, value in dict(RANK=0, WORLD_SIZE=2, TORCHELASTIC_MAX_RESTARTS=1, TORCHELASTIC_RESTART_COUNT=1).items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(distributed, "start", lambda device: pytest.fail("joined the processes again"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / records.FAILURE_MARKER).write_text("the data is damaged\n")
+    args = argparse.Namespace(out=str(tmp_path / "out"), resume=None)
+    with pytest.raises(RunnerError, match="the data is damaged"):
+        commands.join_processes(None, args, torch.device("cpu"), True, {32}, False)
+
+
+def test_a_failure_no_restart_can_fix_leaves_its_marker_and_one_a_restart_may_fix_does_not(tmp_path):
+    import commands
+    from errors import DataError, ProcessesLost
+
+    for error, kept in ((DataError("bad data"), True), (ProcessesLost("lost"), False)):
+        marker = tmp_path / type(error).__name__ / records.FAILURE_MARKER
+
+        def work(progress, error=error, marker=marker):
+            progress.marker = marker
+            raise error
+
+        assert commands.guarded(work) == 1
+        assert marker.exists() is kept
