@@ -6,7 +6,9 @@
 - steps: every process writes its pid to PROBE_DIR/pid-rank{RANK} as it starts, and the number of training steps
   it began to PROBE_DIR/steps-rank{RANK} as it exits;
 - probes: every process writes to PROBE_DIR/probes-rank{RANK}, as it exits, how many images it decoded and the
-  names of the files it wrote.
+  names of the files it wrote;
+- wrap: every process writes to PROBE_DIR/wrap-rank{RANK} the process group's backend and the kinds of BatchNorm
+  in the model it trains (for the CUDA test of NCCL and --sync-bn).
 """
 import atexit
 import json
@@ -71,6 +73,21 @@ def probe_decoding_and_writing() -> None:
     atexit.register(write_probes, counted)
 
 
+def probe_wrapping() -> None:
+    import distributed
+
+    wrap = distributed.Group.wrap
+
+    def recorded_wrap(group, model, device, sync_bn):
+        wrapped = wrap(group, model, device, sync_bn)
+        kinds = sorted({type(module).__name__ for module in wrapped.modules() if "BatchNorm" in type(module).__name__})
+        (Path(os.environ["PROBE_DIR"]) / f"wrap-rank{RANK}").write_text(json.dumps(
+            {"backend": distributed.dist.get_backend(), "batch_norm": kinds}))
+        return wrapped
+
+    distributed.Group.wrap = recorded_wrap
+
+
 def save_then_die(folder, state):
     save_checkpoint(folder, state)
     if RANK == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
@@ -83,6 +100,8 @@ elif PATCH == "fail":
     train.train_step = failing_step
 elif PATCH == "kill":
     records.RunFolder.save_checkpoint = save_then_die
+elif PATCH == "wrap":
+    probe_wrapping()
 elif PATCH == "probes":
     probe_decoding_and_writing()
 elif PATCH == "steps":

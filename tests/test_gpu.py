@@ -1,5 +1,8 @@
 """The CUDA paths, on a machine that has CUDA (skipped elsewhere): tiny runs of the ladder's kinds of version on the
-GPU, with --amp and --compile, an exact resume with --deterministic, and the data kept on the device."""
+GPU, with --amp and --compile, an exact resume with --deterministic, the data kept on the device, and NCCL with
+--sync-bn under torchrun (one process per GPU, up to two)."""
+import json
+
 import pytest
 import torch
 
@@ -8,6 +11,7 @@ from conftest import make_image_folder, make_mnist, read_metrics
 from data import Split
 from devices import device_rng_state, restore_device_rng
 from loaders import BatchPlan, ResidentLoader, gather
+from test_distributed import torchrun
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -61,3 +65,17 @@ def test_the_training_devices_generator_is_restored():
     first = torch.rand(4, device=device)
     restore_device_rng(device, state)
     assert torch.equal(torch.rand(4, device=device), first)
+
+
+def test_torchrun_on_gpus_joins_with_nccl_and_syncs_batchnorm(tmp_path):
+    processes = min(torch.cuda.device_count(), 2)
+    folder = make_image_folder(tmp_path / "images", train=64, test=32)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    result = torchrun("7", "--epochs", 2, "--batch-size", 16, "--device", "cuda", "--sync-bn", "--image-folder", folder,
+                      "--out", tmp_path / "run", processes=processes, patch="wrap", probe_dir=probe)
+    assert result.returncode == 0, result.stderr
+    for rank in range(processes):
+        wrapped = json.loads((probe / f"wrap-rank{rank}").read_text())
+        assert wrapped == {"backend": "nccl", "batch_norm": ["SyncBatchNorm"]}
+    assert len(read_metrics(tmp_path / "run")) == 2
