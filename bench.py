@@ -23,9 +23,9 @@ from devices import resolve_device
 from errors import RunnerError
 from loaders import (BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_dataset,
                      classic_transform)
-from main import default_cache_dir, version_list
+from main import version_list
 from models import build_model, fit_input_layers
-from settings import DATASETS, device_name, positive_int, worker_count
+from settings import DATASETS, default_cache_dir, device_name, positive_int, worker_count
 from state import TrainingState
 from train import on_device, to_model_input, train_step, uses_channels_last
 

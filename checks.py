@@ -2,10 +2,12 @@
 is argparse's usage error (exit 2) naming the bad value."""
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
+import overrides
 from configs import VERSIONS
-from settings import DATASETS, SETTINGS, flag_fields, resumable_names, was_given
+from settings import DATASETS, SETTINGS, Recipe, flag_fields, given, resumable_names, was_given
 
 
 def check_readable_dir(parser: argparse.ArgumentParser, option: str, path: str) -> None:
@@ -106,12 +108,37 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     alternating = [n for n in args.versions if VERSIONS[n].recipe.flip == "alternating"]
     if loader == "torchvision" and alternating:
         parser.error(f"--loader torchvision: version {alternating[0]}'s alternating flips need the resident loader")
+    args.arms = checked_arms(parser, args, loader == "torchvision")
     args.folder_versions = set()
     if args.image_folder:
         check_image_folder(parser, args.image_folder)
         args.folder_versions = versions_on_folder(parser, args)
     check_creatable_dir(parser, "--data-dir", args.data_dir or "data", writable=False)
     check_creatable_dir(parser, "--out" if args.out else "runs", args.out or "runs", writable=True)
+
+
+def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace, classic_loader: bool) -> list:
+    """The arms of the --set settings ([{}] without any), each checked on every version asked for: a name, value
+    or combination that cannot run is a usage error before any data is read."""
+    try:
+        assignments = overrides.parse_assignments(args.set or [])
+    except overrides.SetError as error:
+        parser.error(str(error))
+    shorthands = [name for name in assignments if was_given(vars(args).get(name))]
+    if shorthands:
+        flag = "--" + shorthands[0].replace("_", "-")
+        parser.error(f"{flag} and --set {shorthands[0]}=... both set {shorthands[0]}: give one of them")
+    arms = overrides.grid(assignments)
+    flags = given(Recipe, vars(args))
+    for version in args.versions:
+        for arm in arms:
+            try:
+                recipe = overrides.apply(replace(VERSIONS[version].recipe, **flags), arm)
+                overrides.check_recipe(recipe, VERSIONS[version].dataset, classic_loader)
+            except overrides.SetError as error:
+                words = " ".join(overrides.arm_words(arm))
+                parser.error(f"version {version}{' with ' + words if words else ''}: {error}")
+    return arms
 
 
 def check_saved_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> None:

@@ -6,11 +6,13 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import MISSING
 from pathlib import Path
 
 import checks
+import overrides
 from configs import VERSIONS
-from settings import (DATASETS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields, worker_count,
+from settings import (DATASETS, MODEL_KINDS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields, worker_count,
                       seed_number)
 
 GROUP_TITLES = {
@@ -21,6 +23,7 @@ GROUP_TITLES = {
 EXAMPLES = """commands:
   main.py VERSIONS [options]           train and test: 9 | 1,3 | 6-9 | 1,3,6-9 | all
   main.py list                         the version table
+  main.py fields                       every recipe field --set can give: type, default, values, versions
   main.py --resume RUN_DIR [--epochs N] continue a run (a larger N extends a finished one)
   main.py eval RUN_DIR                 test a saved run: per-class accuracy and confusion.png
   main.py predict RUN_DIR IMAGE...     top-3 classes for each image
@@ -30,11 +33,6 @@ examples:
   python main.py 1 --epochs 2 --data-dir ../shared/data
   python main.py 6-13 --image-folder ../shared/data/cifar10-jpeg
 """
-
-
-def default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "basic-image-classification")
 
 
 def version_list(text: str) -> list[int]:
@@ -55,7 +53,16 @@ def version_list(text: str) -> list[int]:
 
 
 def seed_list(text: str) -> list[int]:
-    seeds = [seed_number(part.strip()) for part in text.split(",")]
+    """'0,1,2', '0-4' or '0-2,7' -> the seeds, in order; each at most once."""
+    seeds = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        first, last = seed_number(low), seed_number(high) if dash else seed_number(low)
+        if last < first:
+            raise argparse.ArgumentTypeError(f"'{part.strip()}' is an empty range of seeds")
+        if last - first >= 10_000:
+            raise argparse.ArgumentTypeError(f"'{part.strip()}' is over 10,000 seeds")
+        seeds += range(first, last + 1)
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"'{text}' repeats a seed")
     return seeds
@@ -90,7 +97,7 @@ def add_setting(group, setting) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="main.py", usage="%(prog)s [VERSIONS | list | eval RUN_DIR | predict RUN_DIR IMAGE...] [options]",
+        prog="main.py", usage="%(prog)s [VERSIONS | list | fields | eval RUN_DIR | predict RUN_DIR IMAGE...] [options]",
         description="Train and test the versions of the image-classification ablation ladder.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("versions", nargs="?", type=version_list, metavar="VERSIONS",
@@ -99,9 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         group = parser.add_argument_group(GROUP_TITLES[kind])
         for setting in flag_fields(kind):
             add_setting(group, setting)
+        if kind is Recipe:
+            group.add_argument("--set", action="append", metavar="NAME=VALUE", help=(
+                "any recipe field or model argument (model.NAME), repeatable; a comma list sweeps, e.g. --set "
+                "lr=0.1,0.2 --set model.dropout=0.2 (see: main.py fields)"))
         if kind is RunIdentity:
             group.add_argument("--seeds", type=seed_list, metavar="S,S,...",
-                               help="train each version once per seed and report mean ± std")
+                               help="train each version once per seed (0,1,2 or 0-4) and report the mean with its "
+                               "95%% interval, and paired differences between rows")
         if kind is Runtime:
             group.add_argument("--procs", type=worker_count, metavar="N",
                                help="processes on this machine, as torchrun --nproc_per_node N (see README)")
@@ -109,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--out", metavar="DIR", help="run folder (one version) or results folder (several)")
     record.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     record.add_argument("--force", action="store_true", help="start over in folders that hold runs of this tool")
+    record.add_argument("--fail-fast", action="store_true", help="a sweep or table stops at its first failed run "
+                        "(by default the other runs go on)")
     return parser
 
 
@@ -177,6 +191,35 @@ def version_table() -> str:
     return "\n".join(lines) + "\n" + footer + ")"
 
 
+def fields_table() -> str:
+    """Every name --set takes, with its type, default, the values it may take, and the versions that set it; a model
+    argument once per family that takes it."""
+    header = ("name", "type", "default", "values", "set by versions")
+    rows = []
+    for name, setting in overrides.recipe_settings().items():
+        default = Recipe.__dataclass_fields__[name].default
+        default = "-" if default is MISSING else overrides.written(default)
+        versions = [n for n, row in VERSIONS.items() if overrides.written(getattr(row.recipe, name)) != default]
+        rows.append(field_row(setting, default, versions))
+    for model, kind in MODEL_KINDS.items():
+        for argument, (_, _, default) in kind.arguments.items():
+            setting = overrides.model_settings(model)[overrides.MODEL_PREFIX + argument]
+            versions = [n for n, row in VERSIONS.items() if row.recipe.model == model
+                        and argument in row.recipe.model_args]
+            rows.append(field_row(setting, f"{'required' if default is None else overrides.written(default)} "
+                                           f"({model})", versions))
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in [header, *rows])
+
+
+def field_row(setting, default: str, versions: list) -> tuple:
+    values = " | ".join(setting.choices) if setting.choices else "true | false" if setting.kind is bool else \
+        str(setting.range or "")
+    kind = "list of int (AxBxC)" if setting.kind is list else setting.kind.__name__
+    return setting.name, kind, default, values, ",".join(map(str, versions)) or "-"
+
+
 def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -185,10 +228,10 @@ def main(argv: list | None = None) -> int:
             print(f"\n{version_table()}\n\nRun one with: python main.py VERSION (e.g. python main.py 9); "
                   "python main.py --help for every option.")
             return 0
-        if argv[0] == "list":
+        if argv[0] in ("list", "fields"):
             if len(argv) > 1:
-                build_parser().error(f"list takes no arguments (got {' '.join(argv[1:])})")
-            print(version_table())
+                build_parser().error(f"{argv[0]} takes no arguments (got {' '.join(argv[1:])})")
+            print(version_table() if argv[0] == "list" else fields_table())
             return 0
         if argv[0] in ("eval", "predict"):
             parser = build_saved_run_parser(argv[0])

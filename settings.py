@@ -11,6 +11,7 @@ the results folder's comparison all read these types. This module imports no tor
 """
 import argparse
 import math
+import os
 import re
 from dataclasses import MISSING, dataclass, field, fields
 
@@ -87,34 +88,107 @@ def option(flag: str, help: str, parse=None, metavar: str = "N", choices: tuple 
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a number may take: from `low` (excluded when `above`) up to `high` (excluded when `below`)."""
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    below: bool = False
+
+    def holds(self, value) -> bool:
+        if self.low is not None and (value <= self.low if self.above else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.below else value <= self.high)
+
+    def __str__(self) -> str:
+        def number(value) -> str:
+            return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+        words = []
+        if self.low is not None:
+            words.append(f"{'above' if self.above else 'at least'} {number(self.low)}")
+        if self.high is not None:
+            words.append(f"{'below' if self.below else 'at most'} {number(self.high)}")
+        return " and ".join(words)
+
+
+def accepts(*choices: str, within: Range | None = None) -> dict:
+    """Field metadata for `--set`: the choices a text field takes, or the range of a number."""
+    return {"choices": choices, "range": within}
+
+
+AT_LEAST_0, AT_LEAST_1, ABOVE_0 = Range(0), Range(1), Range(0, above=True)
+FRACTION = Range(0, 1, below=True)  # 0 <= x < 1
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A model family as the command line sees it, without importing torch: the arguments `--set model.NAME=...`
+    may give, each (type, range, default; a list type holds whole numbers, a default of None means required), and
+    the images it takes as (channels, size), or None for any (it pools its features globally, so patch whitening
+    can go in front of it). tests/test_models.py checks these against the models' own signatures."""
+
+    arguments: dict
+    takes: tuple | None
+
+    @property
+    def required(self) -> list:
+        return [name for name, (_, _, default) in self.arguments.items() if default is None]
+
+
+MODEL_KINDS = {
+    "MLP": ModelKind({"hidden": (int, AT_LEAST_1, 100)}, (1, 28)),
+    "SmallConvNet": ModelKind({"channels": (int, AT_LEAST_1, 16)}, (1, 28)),
+    "WideConvNet": ModelKind({}, (1, 28)),
+    "ConvNet4": ModelKind({"width": (int, AT_LEAST_1, None), "hidden": (int, AT_LEAST_1, None),
+                           "batch_norm": (bool, None, False), "dropout": (float, FRACTION, 0.0)}, (3, 32)),
+    "AirbenchNet": ModelKind({"widths": (list, AT_LEAST_1, (64, 256, 256)),
+                              "momentum": (float, Range(0, 1, above=True), 0.4), "scale": (float, ABOVE_0, 1 / 9)},
+                             None),
+}
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How a version trains. Learning rates are PyTorch's, for a loss averaged over the batch."""
 
-    model: str
+    model: str = field(metadata=accepts(*MODEL_KINDS))
     model_args: dict = field(default_factory=dict)
-    optimizer: str = "sgd"  # sgd | adam
+    optimizer: str = field(default="sgd", metadata=accepts("sgd", "adam"))
     lr: float = field(default=0.01, metadata=option(
-        "--lr", "learning rate; the peak of a schedule (recipe: see list)", learning_rate, "X"))
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0  # PyTorch's (coupled) weight decay of the main parameter group
-    norm_bias_lr_scale: float = 1.0  # BatchNorm biases learn this much faster, with the same decay per step
-    label_smoothing: float = 0.0
+        "--lr", "learning rate; the peak of a schedule (recipe: see list)", learning_rate, "X") | accepts(
+        within=ABOVE_0))
+    momentum: float = field(default=0.0, metadata=accepts(within=FRACTION))
+    nesterov: bool = False  # needs momentum
+    # PyTorch's (coupled) weight decay of the main parameter group
+    weight_decay: float = field(default=0.0, metadata=accepts(within=AT_LEAST_0))
+    # BatchNorm biases learn this much faster, with the same decay per step
+    norm_bias_lr_scale: float = field(default=1.0, metadata=accepts(within=ABOVE_0))
+    label_smoothing: float = field(default=0.0, metadata=accepts(within=FRACTION))
     batch_size: int = field(default=64, metadata=option("--batch-size", "batch size (recipe: see list)",
-                                                        positive_int))
+                                                        positive_int) | accepts(within=Range(1, LARGEST_INT)))
     drop_last: bool = False  # drop the last partial batch of each epoch
     epochs: int = field(default=25, metadata=option(
-        "--epochs", "epochs to train; with --resume a larger N extends a finished run", positive_int, grows=True))
-    warmup_start: float = 1.0  # learning-rate factor at the first step, rising linearly to 1 ...
-    warmup_fraction: float = 0.0  # ... over this fraction of all steps,
-    final_lr_factor: float = 1.0  # then falling linearly to this factor at the last step
+        "--epochs", "epochs to train; with --resume a larger N extends a finished run", positive_int, grows=True)
+        | accepts(within=Range(1, LARGEST_INT)))
+    # learning-rate factor at the first step, rising linearly to 1 over warmup_fraction of all steps, then falling
+    # linearly to final_lr_factor at the last step
+    warmup_start: float = field(default=1.0, metadata=accepts(within=ABOVE_0))
+    warmup_fraction: float = field(default=0.0, metadata=accepts(within=FRACTION))
+    final_lr_factor: float = field(default=1.0, metadata=accepts(within=AT_LEAST_0))
     normalize: bool = False  # per-channel mean and std of the training split, as the model's first layer
     whitening: bool = False  # a frozen 2x2 patch-whitening convolution (and GELU) in front of the model
-    whitening_bias_epochs: int = 3  # its bias trains only during these first epochs
-    crop_padding: int = 0  # random crop from the image reflect-padded by this many pixels
-    flip: str = "none"  # none | random (each image, each epoch) | alternating (a random half, then all, in turn)
-    lookahead_from: int = 0  # from this epoch on, lookahead weight averaging every 5 steps (0: off)
-    tta: str = "none"  # test-time augmentation of the final test: none | mirror | mirror+shift
+    # its bias trains only during these first epochs
+    whitening_bias_epochs: int = field(default=3, metadata=accepts(within=AT_LEAST_0))
+    # random crop from the image reflect-padded by this many pixels (less than the image's size)
+    crop_padding: int = field(default=0, metadata=accepts(within=AT_LEAST_0))
+    # none | random (each image, each epoch) | alternating (a random half, then all, in turn)
+    flip: str = field(default="none", metadata=accepts("none", "random", "alternating"))
+    # from this epoch on, lookahead weight averaging every 5 steps (0: off)
+    lookahead_from: int = field(default=0, metadata=accepts(within=AT_LEAST_0))
+    # test-time augmentation of the final test
+    tta: str = field(default="none", metadata=accepts("none", "mirror", "mirror+shift"))
 
     @property
     def scheduled(self) -> bool:
@@ -165,6 +239,11 @@ class Runtime:
 
 
 SETTINGS = (Recipe, RunIdentity, Runtime)
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, TOOL)
 
 
 @dataclass(frozen=True)
@@ -229,6 +308,7 @@ class RunConfig:
     identity: RunIdentity
     runtime: Runtime
     overrides: dict = field(default_factory=dict)
+    arm: dict = field(default_factory=dict)  # the --set settings of this run's arm, e.g. {"lr": 0.1}
 
     @property
     def fixed_length(self) -> bool:

@@ -8,6 +8,7 @@ from models.inputs import WHITENING_IMAGES, Normalize, PatchWhitening
 from models.mlp import MLP
 from models.small_convnet import SmallConvNet
 from models.wide_convnet import WideConvNet
+from settings import MODEL_KINDS
 
 MODELS = {cls.__name__: cls for cls in (MLP, SmallConvNet, WideConvNet, ConvNet4, AirbenchNet)}
 
@@ -18,6 +19,8 @@ def build_model(recipe, channels: int) -> nn.Module:
     layers, model_args = [], dict(recipe.model_args)
     if recipe.normalize:
         layers.append(Normalize(channels))
+    if MODEL_KINDS[recipe.model].takes is None:  # any number of channels: those it is given
+        model_args["in_channels"] = channels
     if recipe.whitening:
         whitening = PatchWhitening(channels)
         layers.append(whitening)

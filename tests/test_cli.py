@@ -2,6 +2,7 @@
 import re
 from pathlib import Path
 
+import main
 from configs import VERSIONS
 from conftest import make_image_folder
 
@@ -63,6 +64,12 @@ def bad_command_lines(tmp: Path) -> list:
         (["1", "--lr", "-0.1"], 2, "'-0.1'"),
         (["1", "--seed", "-1"], 2, "'-1'"),
         (["1", "--seeds", "0,0"], 2, "'0,0'"),
+        (["1", "--seeds", "0-2,1"], 2, "'0-2,1' repeats a seed"),
+        (["1", "--seeds", "3-1"], 2, "'3-1' is an empty range"),
+        (["1", "--seeds", "0-99999"], 2, "over 10,000 seeds"),
+        (["1", "--set", "lr=fast"], 2, "--set lr=fast: give a number"),
+        (["9", "--set", "whitening=true"], 2, "version 9 with whitening=true"),
+        (["1", "--lr", "0.1", "--set", "lr=0.2"], 2, "give one of them"),
         (["1", "--seed", "1", "--seeds", "0,1"], 2, "--seeds"),
         (["1", "--device", "gpu"], 2, "'gpu'"),
         (["1", "--loader", "fast"], 2, "'fast'"),
@@ -137,3 +144,9 @@ def test_a_device_list_is_checked_before_any_process_starts(cli, tmp_path):
 def test_eval_and_predict_take_one_device(cli, tmp_path):
     code, _, err = cli("eval", tmp_path, "--device", "cuda:0,cuda:1")
     assert code == 2 and "give one device" in err.strip().splitlines()[-1]
+
+
+def test_seeds_take_lists_and_ranges():
+    assert main.seed_list("0-4") == [0, 1, 2, 3, 4]
+    assert main.seed_list("0-2,7") == [0, 1, 2, 7]
+    assert main.seed_list("5") == [5]

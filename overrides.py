@@ -1,0 +1,162 @@
+"""`--set NAME=VALUE`: any recipe field or model argument from the command line, parsed by the field's type, and
+sweeps over comma lists. Imports no torch, so a bad value is a usage error at once.
+
+One written form per value, so that a value names its arm the same way however it was typed: numbers as Python
+writes them (1e-3 and 0.001 are both 0.001), booleans true / false, lists of whole numbers joined by x (64x256x256),
+since the comma sweeps.
+"""
+import difflib
+import itertools
+import math
+from dataclasses import dataclass, fields, replace
+
+from settings import DATASETS, LARGEST_INT, MODEL_KINDS, Recipe
+
+MODEL_PREFIX = "model."
+NOT_SET_HERE = {"model_args"}  # set argument by argument, as model.NAME
+
+
+class SetError(ValueError):
+    """A --set that cannot run; its message names the value and what to do."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What --set NAME takes: its type, choices and range."""
+
+    name: str
+    kind: type
+    choices: tuple = ()
+    range: object = None
+
+
+def recipe_settings() -> dict:
+    settable = {}
+    for f in fields(Recipe):
+        if f.name not in NOT_SET_HERE:
+            settable[f.name] = Setting(f.name, f.type, f.metadata.get("choices", ()), f.metadata.get("range"))
+    return settable
+
+
+def model_settings(model: str) -> dict:
+    return {MODEL_PREFIX + name: Setting(MODEL_PREFIX + name, kind, (), limits)
+            for name, (kind, limits, _) in MODEL_KINDS[model].arguments.items()}
+
+
+def every_setting() -> dict:
+    """Every name --set knows: the recipe's fields and the arguments of every model family (one argument name has
+    one type and range in every family that takes it)."""
+    settable = recipe_settings()
+    for model in MODEL_KINDS:
+        settable.update(model_settings(model))
+    return settable
+
+
+def parse_value(setting: Setting, text: str):
+    """One value of a setting from its written form; SetError says why not."""
+    text = text.strip()
+    where = f"--set {setting.name}={text}"
+    if setting.kind is bool:
+        if text not in ("true", "false"):
+            raise SetError(f"{where}: give true or false")
+        return text == "true"
+    if setting.kind is list:
+        parts = text.split("x")
+        if not all(part.isdigit() for part in parts):
+            raise SetError(f"{where}: give whole numbers joined by x, e.g. 64x256x256")
+        values = [int(part) for part in parts]
+        if not all(setting.range.holds(value) and value <= LARGEST_INT for value in values):
+            raise SetError(f"{where}: each number must be {setting.range}")
+        return values
+    if setting.kind is str:
+        if setting.choices and text not in setting.choices:
+            raise SetError(f"{where}: choose one of {', '.join(setting.choices)}")
+        return text
+    try:
+        value = setting.kind(text)
+    except ValueError:
+        kind = "a whole number" if setting.kind is int else "a number"
+        raise SetError(f"{where}: give {kind}") from None
+    if not math.isfinite(value):
+        raise SetError(f"{where}: give a finite number")
+    if setting.range is not None and not setting.range.holds(value):
+        raise SetError(f"{where}: must be {setting.range}")
+    return value
+
+
+def written(value) -> str:
+    """The one written form of a parsed value (as in folder names)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def parse_assignments(words: list) -> dict:
+    """['lr=0.1,0.2', 'flip=random'] -> {'lr': [0.1, 0.2], 'flip': ['random']}: every name known (a model
+    argument of some family), every value parsed by its type, each name once."""
+    known, assignments = every_setting(), {}
+    for word in words:
+        name, equals, text = word.partition("=")
+        name = name.strip()
+        if not equals or not text.strip():
+            raise SetError(f"--set {word}: give NAME=VALUE, e.g. --set weight_decay=1e-3 (see: python main.py fields)")
+        if name not in known:
+            closest = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {closest[0]}? " if closest else ""
+            raise SetError(f"--set {word}: no field {name}; {hint}see: python main.py fields")
+        if name in assignments:
+            raise SetError(f"--set {name} is given twice: give its values as one comma list, e.g. {name}=a,b")
+        values = [parse_value(known[name], part) for part in text.split(",")]
+        if len({written(value) for value in values}) != len(values):
+            raise SetError(f"--set {word}: a value repeats")
+        assignments[name] = values
+    return assignments
+
+
+def grid(assignments: dict) -> list:
+    """Every combination of the values, in the order given: [{'lr': 0.1, 'flip': 'random'}, ...]."""
+    names = list(assignments)
+    return [dict(zip(names, values)) for values in itertools.product(*(assignments[name] for name in names))]
+
+
+def apply(recipe: Recipe, arm: dict) -> Recipe:
+    """The recipe with an arm's settings; SetError when a model argument is not one of the model's."""
+    model = arm.get("model", recipe.model)
+    model_args = dict(recipe.model_args) if model == recipe.model else {}
+    for name, value in arm.items():
+        if name.startswith(MODEL_PREFIX):
+            argument = name[len(MODEL_PREFIX):]
+            if argument not in MODEL_KINDS[model].arguments:
+                raise SetError(f"--set {name}: {model} has no argument {argument} (it takes "
+                               f"{', '.join(MODEL_KINDS[model].arguments) or 'none'})")
+            model_args[argument] = value
+    return replace(recipe, model_args=model_args,
+                   **{name: value for name, value in arm.items() if not name.startswith(MODEL_PREFIX)})
+
+
+def check_recipe(recipe: Recipe, dataset: str, classic_loader: bool) -> None:
+    """Combinations that cannot run, refused before any data is read (SetError)."""
+    images, kind = DATASETS[dataset], MODEL_KINDS[recipe.model]
+    if kind.takes is not None and kind.takes != (images.channels, images.size):
+        channels, size = kind.takes
+        raise SetError(f"model={recipe.model} takes {'grey' if channels == 1 else 'RGB'} {size}x{size} images, not "
+                       f"{images.title}'s: choose a version on such images")
+    missing = [name for name in kind.required if name not in recipe.model_args]
+    if missing:
+        raise SetError(f"model={recipe.model} needs {' and '.join(MODEL_PREFIX + name for name in missing)}")
+    if recipe.whitening and kind.takes is not None:
+        raise SetError(f"whitening=true needs a model that takes any number of channels and pools its features "
+                       f"globally (AirbenchNet); {recipe.model} does not")
+    if recipe.crop_padding >= images.size:
+        raise SetError(f"crop_padding={recipe.crop_padding}: must be less than the images' size ({images.size})")
+    if recipe.nesterov and (recipe.optimizer != "sgd" or recipe.momentum == 0):
+        raise SetError("nesterov=true needs optimizer=sgd with a momentum above 0")
+    if recipe.flip == "alternating" and classic_loader:
+        raise SetError("flip=alternating needs the resident loader")
+
+
+def arm_words(arm: dict) -> list:
+    """'name=value' for each setting of an arm, in the written form: its part of a folder name and of a table row."""
+    return [f"{name}={written(value)}" for name, value in arm.items()]
