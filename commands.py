@@ -7,12 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import distributed
+import overrides
 from configs import VERSIONS
 from console import EXIT_CODES, STOP, Stopped
 from errors import RunnerError
-from main import default_cache_dir
 from records import CHECKPOINT, RunFolder, leave_failure_marker
-from settings import Recipe, RunConfig, RunIdentity, Runtime, flag_fields, given
+from settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, given
 
 
 TRACEBACK = "BASIC_IMAGE_CLASSIFICATION_TRACEBACK"  # set it to see an unexpected failure's traceback
@@ -61,8 +61,8 @@ def check_devices(parser, args) -> None:
         device_or_error(parser, name, bool(args.amp))
 
 
-def run_config(version: int, args, seed: int, device, group) -> RunConfig:
-    """A version's run as the command line asks for it."""
+def run_config(version: int, args, seed: int, device, group, arm: dict) -> RunConfig:
+    """A version's run as the command line asks for it, in one arm of its --set settings."""
     from data import DataSource, data_identity
 
     row, values = VERSIONS[version], vars(args)
@@ -76,9 +76,9 @@ def run_config(version: int, args, seed: int, device, group) -> RunConfig:
                          "world_size": group.size})
     source = DataSource(row.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir,
                         identity.get("resize", False))
-    return RunConfig(version, row.dataset, replace(row.recipe, **changes),
+    return RunConfig(version, row.dataset, overrides.apply(replace(row.recipe, **changes), arm),
                      RunIdentity(**identity, data=data_identity(source)), runtime,
-                     {**changes, **given(RunIdentity, values)})
+                     {**changes, **arm, **given(RunIdentity, values)}, arm)
 
 
 def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, sync_bn: bool):
@@ -113,11 +113,13 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         return
     device = device_or_error(parser, args.device or "auto", bool(args.amp))
     seeds = args.seeds or [args.seed or 0]
-    several = len(args.versions) > 1 or args.seeds is not None  # --seeds writes a results folder, even for one
+    # --seeds and sweeps write a results folder, even of one run
+    several = len(args.versions) > 1 or len(args.arms) > 1 or args.seeds is not None
     batch_sizes = {args.batch_size or VERSIONS[version].recipe.batch_size for version in args.versions}
     group = join_processes(parser, args, device, not several, batch_sizes, bool(args.sync_bn))
     progress.marker = distributed.failure_marker(args.out)
-    runs = [run_config(version, args, seed, device, group) for version in args.versions for seed in seeds]
+    runs = [run_config(version, args, seed, device, group, arm) for version in args.versions for arm in args.arms
+            for seed in seeds]
     if not several:
         train_one(runs[0], args, group, progress)
         return
@@ -127,12 +129,13 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     distributed.on_first("checking the results folder", lambda: results.claim_results_folder(results_dir))
     again = [word for word in argv if word != "--force"] + ([] if args.out else ["--out", results_dir])
     progress.label, progress.folder, progress.resume_command = "Results folder", results_dir, command_line(*again)
-    planned = [(run, RunFolder(results_dir / results.run_name(run.version, run.identity.seed, args.seeds is not None)))
-               for run in runs]
+    paths = distributed.on_first("placing the runs", lambda: results.place_runs(results_dir, runs,
+                                                                               args.seeds is not None))
+    planned = [(run, RunFolder(Path(path))) for run, path in zip(runs, paths)]
     mine = planned[distributed.rank()::distributed.world_size()]
     alone = distributed.world_size() == 1
     results.run_table(mine, args.force, lambda run, folder, resume: train.fit(run, folder, resume),
-                      (lambda: results.write_results(results_dir, planned)) if alone else None)
+                      (lambda: results.write_results(results_dir, planned)) if alone else None, args.fail_fast)
     distributed.everyone("waiting for the table's other runs", None)
     if distributed.is_writer():
         results.report(results_dir, planned)
@@ -143,7 +146,7 @@ def train_one(run: RunConfig, args, group, progress: Progress) -> None:
     import results
     import train
 
-    name = f"v{run.version}"
+    name = results.arm_label(run)
     path = Path(args.out or distributed.on_first(
         "choosing the run folder", lambda: str(RunFolder.new(Path("runs"), name).path)))
     folder = RunFolder(path, writer=group.rank == 0)

@@ -18,6 +18,10 @@ class DataError(RunnerError):
     """A dataset is missing, cannot be downloaded, or a file in it is damaged."""
 
 
+class Diverged(RunnerError):
+    """The loss of a run diverged: that run failed, and in a sweep the others go on."""
+
+
 class CheckpointError(RunnerError):
     """A checkpoint is missing, damaged, unsafe or belongs to another run."""
 

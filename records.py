@@ -21,7 +21,8 @@ from settings import TOOL, Recipe, RunConfig, RunIdentity, Runtime, from_record
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CURVES, CONFUSION, MISTAKES)
+FAILED = "failed.txt"  # why a run failed for good (a divergence): a sweep goes on with its other runs
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CURVES, CONFUSION, MISTAKES, FAILED)
 EVENT_FILES, HPARAMS_RUN = "events.out.tfevents.", "hparams"  # TensorBoard's, written by events.py
 FAILURE_MARKER = ".failed"  # a failure no restart can fix, for processes torchrun restarts (distributed.py)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
@@ -120,7 +121,7 @@ def config_from_record(saved: dict) -> RunConfig:
         except RunnerError:
             saved = {**saved, "data": {"dataset": saved["dataset"], "image_folder": {"path": runtime.image_folder}}}
     return RunConfig(saved["version"], saved["dataset"], recipe, from_record(RunIdentity, saved), runtime,
-                     dict(saved.get("overrides", {})))
+                     dict(saved.get("overrides", {})), dict(saved.get("arm", {})))
 
 
 class RunFolder:
@@ -190,6 +191,7 @@ class RunFolder:
             return
         record = {"format": CONFIG_FORMAT, "tool": TOOL, "version": run.version, "dataset": run.dataset,
                   **asdict(run.recipe), **asdict(run.identity), **asdict(run.runtime), "overrides": run.overrides,
+                  "arm": run.arm,
                   **facts, "torch": torch.__version__, "torchvision": installed_version("torchvision"),
                   "python": sys.version.split()[0], "written": datetime.now().isoformat(timespec="seconds")}
         write_text(self / CONFIG, json.dumps(record, indent=2) + "\n")
@@ -227,6 +229,17 @@ class RunFolder:
 
     def epochs_done(self) -> int:
         return int(self.load_checkpoint()["epoch"]) if self.has_checkpoint() else 0
+
+    def record_failure(self, message: str) -> None:
+        if self.writer:
+            write_text(self / FAILED, message + "\n")
+
+    def failure(self) -> str | None:
+        """Why the run failed for good, or None."""
+        try:
+            return (self / FAILED).read_text().strip()
+        except FileNotFoundError:
+            return None
 
     def write_metrics(self, metrics: list) -> None:
         if not self.writer:

@@ -1,5 +1,5 @@
-"""Several runs as one table: a results folder with a run folder per version and seed, and results.md, .csv and
-.png. Running the same command again skips finished runs and resumes unfinished ones; each run's row comes from its
+"""Several runs as one table: a results folder with a run folder per arm (a version, with its --set settings) and
+seed, and results.md, .csv and .png. Running the same command again skips finished runs and resumes unfinished ones; each run's row comes from its
 checkpoint's metrics, cut to the epochs the table asks for."""
 import statistics
 from dataclasses import replace
@@ -7,17 +7,31 @@ from pathlib import Path
 
 from configs import VERSIONS
 from distributed import say
-from errors import RunnerError
+from errors import CheckpointError, Diverged, RunnerError
+from overrides import arm_words
 from records import RunFolder, write_text, atomic_write
 from settings import DATASETS, RunConfig, differences
 
-RESULT_FILES = ("results.md", "results.csv", "results.png")
+RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
+STATISTICS_COLUMNS = ["test_acc_low", "test_acc_high", "compared_with", "difference", "difference_low",
+                      "difference_high", "paired_seeds", "p_value", "p_holm", "significant"]
+RUN_COLUMNS = ["version", "arm", "seed", "train_acc", "test_acc", "seconds", "status", "folder"]
 RESULT_COLUMNS = ["version", "dataset", "params", "epochs", "seeds", "train_acc", "test_acc", "test_acc_std",
                   "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
 
 
-def run_name(version: int, seed: int, seeds_given: bool) -> str:
-    return f"v{version}-seed{seed}" if seeds_given else f"v{version}"
+def arm_label(run: RunConfig) -> str:
+    """The run's version and --set settings, as in its folder's name: v9-lr=0.1-weight_decay=0.001."""
+    return "-".join([f"v{run.version}", *arm_words(run.arm)])
+
+
+def run_name(run: RunConfig, seeds_given: bool) -> str:
+    return arm_label(run) + (f"-seed{run.identity.seed}" if seeds_given else "")
+
+
+def describe(run: RunConfig) -> str:
+    return f"Version {run.version}" + (f" ({' '.join(arm_words(run.arm))})" if run.arm else "") + \
+        f", seed {run.identity.seed}"
 
 
 def claim_results_folder(path: Path) -> None:
@@ -34,42 +48,75 @@ def claim_results_folder(path: Path) -> None:
         path.mkdir(parents=True)
 
 
-def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
-    """A run folder of the table must hold the run the table asks for: same recipe (the epochs aside) and identity."""
-    stored = folder.read_config()
+def run_differences(stored: RunConfig, planned: RunConfig) -> list:
+    """(name, stored, planned) for what makes a stored run another than the planned one: version, recipe (epochs
+    aside, unless a schedule spans them) and identity."""
     changes = differences(replace(stored.recipe, epochs=planned.recipe.epochs), planned.recipe) + \
         differences(stored.identity, planned.identity)
     if stored.version != planned.version:
         changes.insert(0, ("version", stored.version, planned.version))
+    if planned.fixed_length and planned.recipe.epochs != stored.recipe.epochs:
+        changes.append(("epochs", stored.recipe.epochs, planned.recipe.epochs))
+    return changes
+
+
+def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
+    """A run folder of the table must hold the run the table asks for."""
+    changes = run_differences(folder.read_config(), planned)
     if changes:
         name, theirs, ours = changes[0]
-        raise RunnerError(f"{folder.path} was trained with {name}={theirs!r}, this command asks {ours!r}: use "
+        why = " (its schedule spans the epochs it was trained with)" if name == "epochs" else ""
+        raise RunnerError(f"{folder.path} was trained with {name}={theirs!r}{why}, this command asks {ours!r}: use "
                           "another --out, or --force to start over")
-    if planned.fixed_length and planned.recipe.epochs != stored.recipe.epochs:
-        raise RunnerError(f"{folder.path}: version {planned.version}'s schedule spans the {stored.recipe.epochs} "
-                          f"epochs it was trained with, so it is not the {planned.recipe.epochs}-epoch run this "
-                          "command asks for: use another --out")
 
 
-def run_table(planned: list, force: bool, train, after_each_run=None) -> None:
-    """Train every planned (RunConfig, RunFolder) that is not finished, with train(run, folder, resume)."""
+def place_runs(results_dir: Path, runs: list, seeds_given: bool) -> list:
+    """Each planned run's folder (as a path): the one in results_dir whose config.json holds that very run, so a grown
+    grid or an added seed never retrains what exists, whatever its folder is called; else one named for it."""
+    stored = []
+    for entry in sorted(results_dir.iterdir()) if results_dir.is_dir() else []:
+        folder = RunFolder(entry)
+        if entry.is_dir() and folder.is_ours():
+            try:
+                stored.append((entry, folder.read_config()))
+            except CheckpointError:
+                continue  # a damaged config.json: that folder is nobody's match
+    placed = []
+    for run in runs:
+        match = next((path for path, config in stored if path not in placed and not run_differences(config, run)),
+                     None)
+        placed.append(match or results_dir / run_name(run, seeds_given))
+    return [str(path) for path in placed]
+
+
+def run_table(planned: list, force: bool, train, after_each_run=None, fail_fast: bool = False) -> None:
+    """Train every planned (RunConfig, RunFolder) that is not finished, with train(run, folder, resume). A run that
+    diverges is recorded as failed in its folder (and not tried again) and the others go on, unless fail_fast."""
     for run, folder in planned:
         if force:
             folder.clear()
+        failure = folder.failure()
+        if failure:
+            say(f"{describe(run)}: failed earlier ({failure}); skipped (--force starts it over)")
+            continue
         done = 0
         if folder.has_checkpoint():
             check_same_run(folder, run)
             done = folder.epochs_done()
         if done >= run.recipe.epochs:
-            say(f"Version {run.version}, seed {run.identity.seed}: finished ({done} epochs) in {folder.path}; "
-                "skipped")
+            say(f"{describe(run)}: finished ({done} epochs) in {folder.path}; skipped")
             continue
         if not done:
             folder.claim(force=True)
-        row = VERSIONS[run.version]
-        say(f"\n== Version {run.version}, seed {run.identity.seed}: {DATASETS[row.dataset].title}, "
-            f"{row.recipe.model} ({'resuming after epoch ' + str(done) if done else 'new'}) -> {folder.path}")
-        train(run, folder, done > 0)
+        say(f"\n== {describe(run)}: {DATASETS[run.dataset].title}, {run.recipe.model} "
+            f"({'resuming after epoch ' + str(done) if done else 'new'}) -> {folder.path}")
+        try:
+            train(run, folder, done > 0)
+        except Diverged as error:
+            folder.record_failure(str(error))
+            if fail_fast:
+                raise
+            say(f"{describe(run)} failed: {error}")
         if after_each_run:
             after_each_run()
 
@@ -81,8 +128,9 @@ def report(results_dir: Path, planned: list) -> list:
     print("\n" + markdown_table(rows))
     missing = [row for row in rows if row["status"] != "ok"]
     if missing:
+        first = " ".join(filter(None, [str(missing[0]["version"]), missing[0]["arm"]]))
         raise RunnerError(f"{len(missing)} of {len(rows)} rows of {results_dir / 'results.csv'} lack runs: version "
-                          f"{missing[0]['version']}: {missing[0]['status']} (its status column says why)")
+                          f"{first}: {missing[0]['status']} (its status column says why)")
     return rows
 
 
@@ -90,6 +138,9 @@ def run_summary(folder: RunFolder, epochs: int) -> tuple[dict | None, str]:
     """A run's numbers at the table's epoch count, from its checkpoint: train accuracy of that epoch, test
     accuracy of its last tested epoch up to it (the final test-time-augmented one when the run ended there). With
     them "ok"; without (None), why not."""
+    failure = folder.failure()
+    if failure:
+        return None, f"failed: {failure}"
     if not folder.has_checkpoint():
         return None, "not trained yet"
     metrics = folder.load_checkpoint()["metrics"]
@@ -107,44 +158,113 @@ def run_summary(folder: RunFolder, epochs: int) -> tuple[dict | None, str]:
 
 
 def write_results(results_dir: Path, planned: list) -> list:
-    """A row per version planned, from the runs that have a result at the table's epochs; `status` says "ok" or
-    which runs have none and why, so a row is never left out silently."""
-    runs = {}
+    """A row per arm planned (a version, with its --set settings), from the runs that have a result at the table's
+    epochs; `status` says "ok" or which runs have none and why, so a row is never left out silently."""
+    runs, run_lines = {}, [",".join(RUN_COLUMNS)]
     for run, folder in planned:
-        runs.setdefault(run.version, []).append((run, *run_summary(folder, run.recipe.epochs)))
+        summary, status = run_summary(folder, run.recipe.epochs)
+        runs.setdefault(arm_label(run), []).append((run, folder, summary, status))
+        line = dict(summary or {}, version=run.version, arm=" ".join(arm_words(run.arm)), seed=run.identity.seed,
+                    status=status, folder=folder.path.name)
+        run_lines.append(",".join(format_value(line.get(name), csv=True) for name in RUN_COLUMNS))
     rows, curves = [], {}
-    for version, outcomes in runs.items():
+    for label, outcomes in runs.items():
         run = outcomes[0][0]
-        summaries = [summary for _, summary, _ in outcomes if summary]
-        missing = [f"seed {other.identity.seed}: {status}" for other, summary, status in outcomes if not summary]
+        summaries = [summary for _, _, summary, _ in outcomes if summary]
+        missing = [f"seed {other.identity.seed}: {status}" for other, _, summary, status in outcomes if not summary]
         tests = [summary["test_acc"] for summary in summaries]
-        reference = VERSIONS[version].reference
+        reference = VERSIONS[run.version].reference if not run.arm else None  # measured for the version's own recipe
         folder_name = run.runtime.image_folder and Path(run.runtime.image_folder).name
         mean = statistics.fmean(tests) if tests else None
         rows.append(dict(
-            version=version, dataset=run.dataset + (f" (folder: {folder_name})" if folder_name else ""),
-            params=VERSIONS[version].params, epochs=run.recipe.epochs, seeds=len(summaries),
+            label=label, per_seed={other.identity.seed: summary["test_acc"] for other, _, summary, _ in outcomes
+                                   if summary},
+            version=run.version, dataset=run.dataset + (f" (folder: {folder_name})" if folder_name else ""),
+            params=parameter_count(run, [folder for _, folder, _, _ in outcomes]), epochs=run.recipe.epochs,
+            seeds=len(summaries),
             train_acc=statistics.fmean(summary["train_acc"] for summary in summaries) if summaries else None,
             test_acc=mean, test_acc_std=statistics.stdev(tests) if len(tests) > 1 else None,
             ref_train_acc=reference[0] if reference else None, ref_test_acc=reference[1] if reference else None,
             test_delta=mean - reference[1] if reference and tests else None,
-            reference_source=VERSIONS[version].reference_source,
+            reference_source=VERSIONS[run.version].reference_source,
             seconds=statistics.fmean(summary["seconds"] for summary in summaries) if summaries else None,
-            status="; ".join(missing) or "ok"))
+            status="; ".join(missing) or "ok", arm=" ".join(arm_words(run.arm))))
         if summaries:
             epochs = sorted({epoch for summary in summaries for epoch in summary["curve"]})
-            curves.setdefault(DATASETS[run.dataset].title, {})[f"v{version}"] = (epochs, [
+            curves.setdefault(DATASETS[run.dataset].title, {})[label] = (epochs, [
                 statistics.fmean(summary["curve"][epoch] for summary in summaries if epoch in summary["curve"])
                 for epoch in epochs])
-    columns = RESULT_COLUMNS + ["status"]
-    lines = [",".join(columns)] + [",".join(format_value(row[name], csv=True) for name in columns) for row in rows]
+    compared = compare_rows(rows)
+    columns = RESULT_COLUMNS + ["status", "arm"] + STATISTICS_COLUMNS
+    lines = [",".join(columns)] + [",".join(format_value(row.get(name), csv=True) for name in columns) for row in rows]
     write_text(results_dir / "results.csv", "\n".join(lines) + "\n")
     write_text(results_dir / "results.md", markdown_table(rows) + "\n")
+    if compared:
+        import plots
+
+        atomic_write(results_dir / "differences.png", lambda f: plots.save(plots.differences_figure(
+            [(f"{row['label']} - {row['compared_with']}", row["difference"], row["difference_low"],
+              row["difference_high"]) for row in compared]), f))
+    write_text(results_dir / "runs.csv", "\n".join(run_lines) + "\n")
     if curves:
         import plots
 
         atomic_write(results_dir / "results.png", lambda f: plots.save(plots.results_figure(curves), f))
     return rows
+
+
+def comparison_pairs(rows: list) -> list:
+    """(row, the row it is compared with): in a sweep (rows with --set arms), each arm against the best arm of its
+    version; in a ladder table, each version against the one before it in the table on the same dataset."""
+    scored = [row for row in rows if row["test_acc"] is not None]
+    if any(row["arm"] for row in rows):
+        pairs = []
+        for version in dict.fromkeys(row["version"] for row in scored):
+            arms = [row for row in scored if row["version"] == version]
+            best = max(arms, key=lambda row: row["test_acc"])
+            pairs += [(row, best) for row in arms if row is not best]
+        return pairs
+    return [(row, previous) for index, row in enumerate(scored)
+            for previous in [next((other for other in reversed(scored[:index]) if other["dataset"] == row["dataset"]),
+                                  None)] if previous]
+
+
+def compare_rows(rows: list) -> list:
+    """Fill each row's interval of its mean and its comparison (difference, interval, p-values with Holm's
+    correction over the table); returns the rows compared. Nothing without two seeds on a row."""
+    if not any(len(row["per_seed"]) > 1 for row in rows):
+        return []
+    import comparisons
+
+    for row in rows:
+        interval = comparisons.interval_of_mean(list(row["per_seed"].values()))
+        if interval:
+            row["test_acc_low"], row["test_acc_high"] = interval
+    compared = []
+    for row, other in comparison_pairs(rows):
+        result = comparisons.paired_difference(row["per_seed"], other["per_seed"])
+        if result:
+            row.update(compared_with=other["label"], difference=result["difference"], difference_low=result["low"],
+                       difference_high=result["high"], paired_seeds=result["pairs"], p_value=result["p"],
+                       spread=result["spread"])
+            compared.append(row)
+    for row, adjusted in zip(compared, comparisons.holm([row["p_value"] for row in compared])):
+        row.update(p_holm=adjusted, significant="yes" if adjusted < comparisons.ALPHA else "no")
+    seeds = comparisons.seeds_to_resolve([dict(difference=row["difference"], spread=row["spread"])
+                                          for row in compared])
+    for row in rows:
+        row["seeds_needed"] = seeds
+    return compared
+
+
+def parameter_count(run: RunConfig, folders: list) -> int | None:
+    """The version's count, or for an arm that changes the recipe, what its runs counted (None before any ran)."""
+    if not run.arm:
+        return VERSIONS[run.version].params
+    for folder in folders:
+        if (folder / "config.json").exists():
+            return folder.read_record().get("params")
+    return None
 
 
 def format_value(value, csv: bool = False) -> str:
@@ -161,14 +281,38 @@ def markdown_table(rows: list) -> str:
               "test Δ", "seconds")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
+        label = " ".join(filter(None, [str(row["version"]), row["arm"]]))
         test = format_value(row["test_acc"]) + (f" ± {row['test_acc_std']:.4f}" if row["test_acc_std"] else "")
         reference = "" if row["ref_test_acc"] is None else \
             f"{row['ref_train_acc']:.2f} / {row['ref_test_acc']:.2f}" + (
                 "" if row["reference_source"] == "seed" else f" ({row['reference_source']})")
         delta = "" if row["test_delta"] is None else f"{row['test_delta']:+.4f}"
         lines.append("| " + " | ".join([
-            str(row["version"]), row["dataset"], f"{row['params']:,}", str(row["epochs"]), str(row["seeds"]),
+            label, row["dataset"], "" if row["params"] is None else f"{row['params']:,}", str(row["epochs"]),
+            str(row["seeds"]),
             format_value(row["train_acc"]), test, reference, delta,
             "" if row["seconds"] is None else f"{row['seconds']:.0f}"]) + " |")
-    notes = [f"v{row['version']} lacks runs: {row['status']}" for row in rows if row["status"] != "ok"]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    notes = [f"v{' '.join(filter(None, [str(row['version']), row['arm']]))} lacks runs: {row['status']}"
+             for row in rows if row["status"] != "ok"]
+    return "\n".join(lines + ([""] + notes if notes else []) + statistics_lines(rows))
+
+
+def statistics_lines(rows: list) -> list:
+    """Under the table: each row's 95% interval and each comparison, or why there are none."""
+    if not any(len(row["per_seed"]) > 1 for row in rows):
+        return ["", "One seed per row: no interval or difference is claimed (give --seeds for them)."]
+    lines = ["", "| row | seeds | mean test acc (95% interval) |", "|---|---|---|"]
+    lines += [f"| {row['label']} | {len(row['per_seed'])} | {row['test_acc']:.4f}"
+              + (f" [{row['test_acc_low']:.4f}, {row['test_acc_high']:.4f}]" if "test_acc_low" in row else "") + " |"
+              for row in rows if row["test_acc"] is not None]
+    compared = [row for row in rows if "difference" in row]
+    if compared:
+        lines += ["", "| comparison | difference (95% interval, paired) | seeds paired | p | p (Holm) | significant |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {row['label']} - {row['compared_with']} | {row['difference']:+.4f} [{row['difference_low']:+.4f}, "
+                  f"{row['difference_high']:+.4f}] | {row['paired_seeds']} | {row['p_value']:.3g} | "
+                  f"{row['p_holm']:.3g} | {row['significant']} |" for row in compared]
+        if rows[0].get("seeds_needed"):
+            lines += ["", f"Seeds to resolve the smallest difference seen (paired t-test at 5%, 80% power): about "
+                          f"{rows[0]['seeds_needed']}."]
+    return lines

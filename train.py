@@ -19,7 +19,7 @@ from distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
 from data import DataSource
 from devices import derive_seed, prepare_torch, resolve_device, seed_process, to_device
 from events import RunLog, hyperparameters
-from errors import CheckpointError, RunnerError
+from errors import CheckpointError, Diverged, RunnerError
 from loaders import load_splits, make_loaders
 from models import build_model, count_parameters, fit_input_layers
 from records import CURVES, RunFolder
@@ -114,7 +114,7 @@ def check_progress(state: TrainingState, window: torch.Tensor, seen: int, epoch:
         why = state.diverged(float(read[0] / read[2]), float(read[1] / read[2]), len(state.classes) or 10)
         if why:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch had finished"
-            raise RunnerError(f"{why} in epoch {epoch} by step {step}; the run stopped and {kept}. Try a lower "
+            raise Diverged(f"{why} in epoch {epoch} by step {step}; the run stopped and {kept}. Try a lower "
                               f"learning rate, e.g. --lr {state.recipe.lr / 10:g}", shared=state.group.data_parallel)
     return read
 

@@ -63,6 +63,8 @@ def flag_runs(tmp_path, data) -> dict:
         "--quiet": base,
         "--out": base,
         "--force": base + ["--force"],
+        "--set": base + ["--set", "weight_decay=1e-3", "--set", "model.hidden=50"],
+        "--fail-fast": base + ["--set", "lr=0.05,0.1", "--fail-fast"],
         "--resume": ["--resume", None, "--epochs", "2"],
     }
 
@@ -99,6 +101,8 @@ def probe(flag: str, monkeypatch, tmp_path):
         return lambda: {step["threads"] for step in steps} == {2}
     if flag == "--cache-dir":
         return lambda: len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test split
+    if flag == "--set":
+        return lambda: torch.load(tmp_path / "out" / "checkpoint.pt")["model"]["net.1.weight"].shape == (50, 784)
     if flag == "--quiet":
         terminal = Terminal()
         monkeypatch.setattr(console, "sys", types.SimpleNamespace(stderr=terminal))

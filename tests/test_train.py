@@ -203,7 +203,9 @@ def test_table_of_two_versions_writes_results_and_skips_them_next_time(cli, mnis
     with open(table / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["version", "dataset", "params", "epochs", "seeds", "train_acc", "test_acc",
-                             "test_acc_std", "ref_train_acc", "ref_test_acc", "test_delta", "seconds", "status"]
+                             "test_acc_std", "ref_train_acc", "ref_test_acc", "test_delta", "seconds", "status",
+                             "arm", "test_acc_low", "test_acc_high", "compared_with", "difference", "difference_low",
+                             "difference_high", "paired_seeds", "p_value", "p_holm", "significant"]
     assert [row["status"] for row in rows] == ["ok", "ok"]
     assert [(row["version"], row["params"], row["epochs"]) for row in rows] == [("1", "79510", "2"),
                                                                                  ("3", "9402", "2")]
