@@ -47,6 +47,23 @@ def results_figure(curves: dict):
     return figure
 
 
+def differences_figure(comparisons: list):
+    """One bar per comparison: the difference of mean accuracy with its 95% interval (paired by seed), zero marked.
+    comparisons: [(label, difference, low, high)]."""
+    figure, axis = plt.subplots(figsize=(7, 0.5 * len(comparisons) + 1.5))
+    positions = range(len(comparisons))
+    differences = [difference for _, difference, _, _ in comparisons]
+    errors = [[difference - low for _, difference, low, _ in comparisons],
+              [high - difference for _, difference, _, high in comparisons]]
+    axis.barh(positions, differences, xerr=errors, capsize=4, color="tab:blue", alpha=0.7)
+    axis.axvline(0, color="black", linewidth=1)
+    axis.set_yticks(list(positions), [label for label, _, _, _ in comparisons])
+    axis.invert_yaxis()
+    axis.set_xlabel("difference of mean accuracy (95% interval, paired by seed)")
+    axis.grid(axis="x", alpha=0.3)
+    return figure
+
+
 def confusion_figure(confusion, classes: list, title: str):
     figure, axis = plt.subplots(figsize=(7, 6))
     image = axis.imshow(confusion.numpy(), cmap="Blues")

@@ -95,7 +95,8 @@ sys.path.insert(0, {root!r})
 import train
 
 def first_step(*args):
-    heavy = sorted(name for name in ("torchvision", "matplotlib", "tensorboard", "torch.utils.tensorboard", "PIL")
+    heavy = sorted(name for name in ("torchvision", "matplotlib", "tensorboard", "torch.utils.tensorboard", "PIL",
+                                     "scipy")
                    if name in sys.modules)
     print("imported before the first step:", heavy, flush=True)
     os._exit(0)

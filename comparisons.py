@@ -1,0 +1,58 @@
+"""The statistics of a table over seeds: each row's mean with its 95% interval (t distribution), and each comparison
+of two rows as the difference of their means with its 95% interval paired by seed, the paired t-test's p-value and
+Holm's correction over the table's comparisons. scipy.stats does the distributions and tests; it is imported here
+alone, when a table has something to compare."""
+import math
+import statistics
+
+from scipy import stats
+
+LEVEL = 0.95
+ALPHA = 1 - LEVEL
+POWER_Z = 7.85  # (z_0.975 + z_0.80)^2: seeds for the paired test at 5% to find a difference with 80% power
+
+
+def interval_of_mean(values: list) -> tuple[float, float] | None:
+    """The 95% interval of the mean of `values` (t distribution), or None with fewer than two."""
+    if len(values) < 2:
+        return None
+    mean, error = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+    if error == 0:
+        return mean, mean
+    return tuple(stats.t.interval(LEVEL, len(values) - 1, loc=mean, scale=error))
+
+
+def paired_difference(ours: dict, theirs: dict) -> dict | None:
+    """ours - theirs over the seeds both have ({seed: accuracy} each): the mean difference, its 95% interval, the
+    paired t-test's two-sided p-value, the count of pairs and the std of the differences; None under two pairs."""
+    seeds = sorted(ours.keys() & theirs.keys())
+    if len(seeds) < 2:
+        return None
+    differences = [ours[seed] - theirs[seed] for seed in seeds]
+    mean, spread = statistics.fmean(differences), statistics.stdev(differences)
+    if spread == 0:
+        return dict(difference=mean, low=mean, high=mean, p=0.0 if mean else 1.0, pairs=len(seeds), spread=0.0)
+    low, high = interval_of_mean(differences)
+    p = stats.ttest_rel([ours[seed] for seed in seeds], [theirs[seed] for seed in seeds]).pvalue
+    return dict(difference=mean, low=low, high=high, p=float(p), pairs=len(seeds), spread=spread)
+
+
+def holm(p_values: list) -> list:
+    """Holm's step-down adjustment of the p-values (same order), so that rejecting where adjusted < 0.05 keeps the
+    chance of any false claim among them under 5%."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def seeds_to_resolve(comparisons: list) -> int | None:
+    """Seeds the paired test needs, at 5% and 80% power, for the smallest non-zero difference seen:
+    7.85 (s_d / difference)^2 + 2, with s_d the std of its per-seed differences."""
+    sized = [c for c in comparisons if c["difference"] and c["spread"]]
+    if not sized:
+        return None
+    smallest = min(sized, key=lambda c: abs(c["difference"]))
+    return math.ceil(POWER_Z * (smallest["spread"] / smallest["difference"]) ** 2 + 2)

@@ -1,0 +1,101 @@
+"""The statistics of tables over seeds, against values worked out here without scipy: a known paired sample,
+Holm's correction, and a table that claims nothing from one seed."""
+import csv
+import math
+
+import pytest
+
+import comparisons
+
+T_975_DF3 = 3.182446305284263  # the 97.5% quantile of Student's t with 3 degrees of freedom (tables)
+
+
+def t_cdf_df3(t: float) -> float:
+    """Student's t distribution function for 3 degrees of freedom, in closed form."""
+    x = t / math.sqrt(3)
+    return 0.5 + (x / (1 + x * x) + math.atan(x)) / math.pi
+
+
+def test_a_known_paired_sample():
+    ours = {0: 0.90, 1: 0.91, 2: 0.92, 3: 0.93, 9: 0.5}  # seed 9 has no pair and is left out
+    theirs = {0: 0.88, 1: 0.90, 2: 0.90, 3: 0.92}
+    result = comparisons.paired_difference(ours, theirs)
+    differences = [0.02, 0.01, 0.02, 0.01]
+    mean = sum(differences) / 4
+    spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / 3)
+    error = spread / 2
+    t = mean / error
+    assert result["pairs"] == 4
+    assert result["difference"] == pytest.approx(0.015)
+    assert result["spread"] == pytest.approx(spread)
+    assert (result["low"], result["high"]) == pytest.approx((mean - T_975_DF3 * error, mean + T_975_DF3 * error))
+    assert result["p"] == pytest.approx(2 * (1 - t_cdf_df3(t)), rel=1e-6)
+
+
+def test_the_interval_of_a_mean():
+    values = [0.80, 0.82, 0.84, 0.86]
+    low, high = comparisons.interval_of_mean(values)
+    error = math.sqrt(sum((v - 0.83) ** 2 for v in values) / 3) / 2
+    assert (low, high) == pytest.approx((0.83 - T_975_DF3 * error, 0.83 + T_975_DF3 * error))
+    assert comparisons.interval_of_mean([0.8]) is None
+
+
+def test_holms_correction():
+    assert comparisons.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert comparisons.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_seeds_to_resolve_the_smallest_difference():
+    seen = [dict(difference=0.02, spread=0.01), dict(difference=-0.005, spread=0.01), dict(difference=0.1, spread=0)]
+    assert comparisons.seeds_to_resolve(seen) == math.ceil(7.85 * (0.01 / 0.005) ** 2 + 2)
+
+
+def test_fewer_than_two_pairs_claim_nothing():
+    assert comparisons.paired_difference({0: 0.9, 1: 0.8}, {1: 0.7, 2: 0.6}) is None
+
+
+def results_rows(table):
+    with open(table / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_table_over_seeds_reports_intervals_and_paired_differences(cli, mnist_dir, tmp_path):
+    table = tmp_path / "table"
+    code, out, err = cli("1,2,3", "--seeds", "0,1,2", "--epochs", 1, "--batch-size", 32, "--lr", 0.05, "--data-dir",
+                         mnist_dir, "--out", table, "--quiet")
+    assert code == 0, err
+    first, second, third = results_rows(table)
+    for row in (first, second, third):
+        assert float(row["test_acc_low"]) <= float(row["test_acc"]) <= float(row["test_acc_high"])
+    assert first["compared_with"] == second["compared_with"] == ""  # v1 is MNIST; v2 the first on Fashion-MNIST
+    assert third["compared_with"] == "v2" and third["paired_seeds"] == "3"
+    assert float(third["difference"]) == pytest.approx(float(third["test_acc"]) - float(second["test_acc"]), abs=1e-4)
+    assert float(third["p_holm"]) == pytest.approx(float(third["p_value"]), abs=1e-4)  # the only comparison
+    assert "| v3 - v2 |" in (table / "results.md").read_text()
+
+
+def test_a_sweep_compares_each_arm_with_the_best(cli, mnist_dir, tmp_path):
+    table = tmp_path / "sweep"
+    code, out, err = cli("1", "--set", "lr=0.01,0.05,0.1", "--seeds", "0,1,2", "--epochs", 1, "--batch-size", 32,
+                         "--data-dir", mnist_dir, "--out", table, "--quiet")
+    assert code == 0, err
+    rows = results_rows(table)
+    best = max(rows, key=lambda row: float(row["test_acc"]))
+    assert best["compared_with"] == ""
+    others = [row for row in rows if row is not best]
+    assert {row["compared_with"] for row in others} == {"v1-" + best["arm"].replace(" ", "-")}
+    for row in others:
+        assert row["paired_seeds"] == "3" and row["significant"] in ("yes", "no")
+        assert float(row["difference_low"]) <= float(row["difference"]) <= float(row["difference_high"])
+        assert float(row["p_holm"]) >= float(row["p_value"])
+    assert (table / "differences.png").exists()
+    assert "Seeds to resolve the smallest difference" in (table / "results.md").read_text()
+
+
+def test_one_seed_per_row_claims_no_interval(cli, mnist_dir, tmp_path):
+    table = tmp_path / "table"
+    code, out, err = cli("1,3", "--epochs", 1, "--data-dir", mnist_dir, "--out", table, "--quiet")
+    assert code == 0, err
+    assert "One seed per row: no interval or difference is claimed" in out
+    assert all(row["test_acc_low"] == "" and row["difference"] == "" for row in results_rows(table))
+    assert not (table / "differences.png").exists()
