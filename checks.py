@@ -2,12 +2,11 @@
 is argparse's usage error (exit 2) naming the bad value."""
 import argparse
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import overrides
 from configs import VERSIONS
-from settings import DATASETS, SETTINGS, Recipe, flag_fields, given, resumable_names, was_given
+from settings import DATASETS, SETTINGS, Recipe, flag_fields, given, resumable_names, shared_gpu, was_given
 
 
 def check_readable_dir(parser: argparse.ArgumentParser, option: str, path: str) -> None:
@@ -104,11 +103,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("give --seed or --seeds, not both")
     if args.resize and not args.image_folder:
         parser.error("--resize resizes the images of an --image-folder: give one")
-    loader = args.loader or "resident"
-    alternating = [n for n in args.versions if VERSIONS[n].recipe.flip == "alternating"]
-    if loader == "torchvision" and alternating:
-        parser.error(f"--loader torchvision: version {alternating[0]}'s alternating flips need the resident loader")
-    args.arms = checked_arms(parser, args, loader == "torchvision")
+    args.arms = checked_arms(parser, args, args.loader == "torchvision")
     args.folder_versions = set()
     if args.image_folder:
         check_image_folder(parser, args.image_folder)
@@ -133,7 +128,7 @@ def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace, clas
     for version in args.versions:
         for arm in arms:
             try:
-                recipe = overrides.apply(replace(VERSIONS[version].recipe, **flags), arm)
+                recipe = overrides.arm_recipe(VERSIONS[version].recipe, flags, arm)
                 overrides.check_recipe(recipe, VERSIONS[version].dataset, classic_loader)
             except overrides.SetError as error:
                 words = " ".join(overrides.arm_words(arm))
@@ -161,8 +156,7 @@ def process_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if len(devices) > 1 and args.procs not in (None, len(devices)):
         parser.error(f"--procs {args.procs} does not match the {len(devices)} devices of --device {args.device}")
     if len(devices) == 1 and (args.procs or 1) > 1 and devices[0].startswith("cuda:"):
-        parser.error(f"--device {args.device}: the {args.procs} processes would share one GPU; give --device cuda "
-                     "(each takes the GPU of its LOCAL_RANK) or a list of devices")
+        parser.error(shared_gpu(args.device, args.procs))
     if "RANK" in os.environ:
         return 1
     return max(args.procs or 1, len(devices))

@@ -76,7 +76,7 @@ def run_config(version: int, args, seed: int, device, group, arm: dict) -> RunCo
                          "world_size": group.size})
     source = DataSource(row.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir,
                         identity.get("resize", False))
-    return RunConfig(version, row.dataset, overrides.apply(replace(row.recipe, **changes), arm),
+    return RunConfig(version, row.dataset, overrides.arm_recipe(row.recipe, changes, arm),
                      RunIdentity(**identity, data=data_identity(source)), runtime,
                      {**changes, **arm, **given(RunIdentity, values)}, arm)
 
@@ -115,7 +115,8 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     seeds = args.seeds or [args.seed or 0]
     # --seeds and sweeps write a results folder, even of one run
     several = len(args.versions) > 1 or len(args.arms) > 1 or args.seeds is not None
-    batch_sizes = {args.batch_size or VERSIONS[version].recipe.batch_size for version in args.versions}
+    batch_sizes = {arm.get("batch_size") or args.batch_size or VERSIONS[version].recipe.batch_size
+                   for version in args.versions for arm in args.arms}
     group = join_processes(parser, args, device, not several, batch_sizes, bool(args.sync_bn))
     progress.marker = distributed.failure_marker(args.out)
     runs = [run_config(version, args, seed, device, group, arm) for version in args.versions for arm in args.arms

@@ -9,6 +9,7 @@ from scipy import stats
 
 LEVEL = 0.95
 ALPHA = 1 - LEVEL
+SAME = 1e-12  # a spread of the differences below this is rounding (accuracies differ in steps of 1e-4 or more)
 POWER_Z = 7.85  # (z_0.975 + z_0.80)^2: seeds for the paired test at 5% to find a difference with 80% power
 
 
@@ -17,21 +18,22 @@ def interval_of_mean(values: list) -> tuple[float, float] | None:
     if len(values) < 2:
         return None
     mean, error = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
-    if error == 0:
+    if error < SAME:
         return mean, mean
     return tuple(stats.t.interval(LEVEL, len(values) - 1, loc=mean, scale=error))
 
 
 def paired_difference(ours: dict, theirs: dict) -> dict | None:
     """ours - theirs over the seeds both have ({seed: accuracy} each): the mean difference, its 95% interval, the
-    paired t-test's two-sided p-value, the count of pairs and the std of the differences; None under two pairs."""
+    paired t-test's two-sided p-value (None where every pair differs by the same amount: the test is undefined),
+    the count of pairs and the std of the differences; None under two pairs."""
     seeds = sorted(ours.keys() & theirs.keys())
     if len(seeds) < 2:
         return None
     differences = [ours[seed] - theirs[seed] for seed in seeds]
     mean, spread = statistics.fmean(differences), statistics.stdev(differences)
-    if spread == 0:
-        return dict(difference=mean, low=mean, high=mean, p=0.0 if mean else 1.0, pairs=len(seeds), spread=0.0)
+    if spread < SAME:
+        return dict(difference=mean, low=mean, high=mean, p=None, pairs=len(seeds), spread=0.0)
     low, high = interval_of_mean(differences)
     p = stats.ttest_rel([ours[seed] for seed in seeds], [theirs[seed] for seed in seeds]).pvalue
     return dict(difference=mean, low=low, high=high, p=float(p), pairs=len(seeds), spread=spread)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from console import STOP, Stopped
 from errors import ProcessesLost, RunnerError
 from records import FAILURE_MARKER
+from settings import shared_gpu
 
 LAUNCHER = "BASIC_IMAGE_CLASSIFICATION_LAUNCHER"  # set for the processes that --procs or a device list starts
 TRAIN_TIMEOUT = datetime.timedelta(minutes=10)
@@ -233,8 +234,7 @@ def process_device(name: str) -> str:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return f"cuda:{local_rank()}"
     if name.startswith("cuda:") and local_processes > 1:
-        raise ValueError(f"--device {name}: the {local_processes} processes on this machine would share one GPU; "
-                         "give --device cuda (each takes the GPU of its LOCAL_RANK) or a list of devices")
+        raise ValueError(shared_gpu(name, local_processes))
     return name
 
 

@@ -62,7 +62,7 @@ def parse_value(setting: Setting, text: str):
         return text == "true"
     if setting.kind is list:
         parts = text.split("x")
-        if not all(part.isdigit() for part in parts):
+        if not all(part.isdecimal() for part in parts):
             raise SetError(f"{where}: give whole numbers joined by x, e.g. 64x256x256")
         values = [int(part) for part in parts]
         if not all(setting.range.holds(value) and value <= LARGEST_INT for value in values):
@@ -136,6 +136,11 @@ def apply(recipe: Recipe, arm: dict) -> Recipe:
                    **{name: value for name, value in arm.items() if not name.startswith(MODEL_PREFIX)})
 
 
+def arm_recipe(base: Recipe, flags: dict, arm: dict) -> Recipe:
+    """A version's recipe with the recipe flags given (--lr, --epochs, --batch-size) and an arm's settings."""
+    return apply(replace(base, **flags), arm)
+
+
 def check_recipe(recipe: Recipe, dataset: str, classic_loader: bool) -> None:
     """Combinations that cannot run, refused before any data is read (SetError)."""
     images, kind = DATASETS[dataset], MODEL_KINDS[recipe.model]
@@ -154,7 +159,7 @@ def check_recipe(recipe: Recipe, dataset: str, classic_loader: bool) -> None:
     if recipe.nesterov and (recipe.optimizer != "sgd" or recipe.momentum == 0):
         raise SetError("nesterov=true needs optimizer=sgd with a momentum above 0")
     if recipe.flip == "alternating" and classic_loader:
-        raise SetError("flip=alternating needs the resident loader")
+        raise SetError("flip=alternating needs the resident loader, not --loader torchvision")
 
 
 def arm_words(arm: dict) -> list:

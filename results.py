@@ -9,7 +9,7 @@ from configs import VERSIONS
 from distributed import say
 from errors import CheckpointError, Diverged, RunnerError
 from overrides import arm_words
-from records import RunFolder, write_text, atomic_write
+from records import CONFIG, RunFolder, write_text, atomic_write
 from settings import DATASETS, RunConfig, differences
 
 RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
@@ -81,12 +81,16 @@ def place_runs(results_dir: Path, runs: list, seeds_given: bool) -> list:
                 stored.append((entry, folder.read_config()))
             except CheckpointError:
                 continue  # a damaged config.json: that folder is nobody's match
-    placed = []
-    for run in runs:
-        match = next((path for path, config in stored if path not in placed and not run_differences(config, run)),
-                     None)
-        placed.append(match or results_dir / run_name(run, seeds_given))
-    return [str(path) for path in placed]
+    placed = [None] * len(runs)
+    # First the runs trained for just as many epochs, then those that count cut to fewer (an epochs sweep must not
+    # take its arms' folders for each other).
+    for exact in (True, False):
+        for index, run in enumerate(runs):
+            if placed[index] is None:
+                placed[index] = next((path for path, config in stored if path not in placed
+                                      and not run_differences(config, run)
+                                      and (config.recipe.epochs == run.recipe.epochs or not exact)), None)
+    return [str(path or results_dir / run_name(run, seeds_given)) for path, run in zip(placed, runs)]
 
 
 def run_table(planned: list, force: bool, train, after_each_run=None, fail_fast: bool = False) -> None:
@@ -95,14 +99,13 @@ def run_table(planned: list, force: bool, train, after_each_run=None, fail_fast:
     for run, folder in planned:
         if force:
             folder.clear()
+        if (folder / CONFIG).exists():
+            check_same_run(folder, run)
         failure = folder.failure()
         if failure:
             say(f"{describe(run)}: failed earlier ({failure}); skipped (--force starts it over)")
             continue
-        done = 0
-        if folder.has_checkpoint():
-            check_same_run(folder, run)
-            done = folder.epochs_done()
+        done = folder.epochs_done()
         if done >= run.recipe.epochs:
             say(f"{describe(run)}: finished ({done} epochs) in {folder.path}; skipped")
             continue
@@ -128,9 +131,8 @@ def report(results_dir: Path, planned: list) -> list:
     print("\n" + markdown_table(rows))
     missing = [row for row in rows if row["status"] != "ok"]
     if missing:
-        first = " ".join(filter(None, [str(missing[0]["version"]), missing[0]["arm"]]))
-        raise RunnerError(f"{len(missing)} of {len(rows)} rows of {results_dir / 'results.csv'} lack runs: version "
-                          f"{first}: {missing[0]['status']} (its status column says why)")
+        raise RunnerError(f"{len(missing)} of {len(rows)} rows of {results_dir / 'results.csv'} lack runs: "
+                          f"{missing[0]['label']}: {missing[0]['status']} (its status column says why)")
     return rows
 
 
@@ -144,17 +146,18 @@ def run_summary(folder: RunFolder, epochs: int) -> tuple[dict | None, str]:
     if not folder.has_checkpoint():
         return None, "not trained yet"
     metrics = folder.load_checkpoint()["metrics"]
-    tested = [row["epoch"] for row in metrics if row["test_acc"] is not None]
     if len(metrics) < epochs:
         return None, f"trained {len(metrics)} of {epochs} epochs"
-    metrics = metrics[:epochs]
-    if not [row for row in metrics if row["test_acc"] is not None]:
-        return None, f"not tested by epoch {epochs} (tested after epochs {', '.join(map(str, tested))})"
-    last = [row for row in metrics if row["test_acc"] is not None][-1]
+    tested = [row for row in metrics[:epochs] if row["test_acc"] is not None]
+    if not tested:
+        every = ", ".join(str(row["epoch"]) for row in metrics if row["test_acc"] is not None)
+        return None, f"not tested by epoch {epochs} (tested after epochs {every})"
+    last = tested[-1]
     final = last["epoch"] == epochs and "final_test_acc" in last
-    return dict(train_acc=metrics[-1]["train_acc"], test_acc=last["final_test_acc"] if final else last["test_acc"],
-                seconds=sum(row["seconds"] for row in metrics) + (last["final_test_seconds"] if final else 0),
-                curve={row["epoch"]: row["test_acc"] for row in metrics if row["test_acc"] is not None}), "ok"
+    return dict(train_acc=metrics[epochs - 1]["train_acc"],
+                test_acc=last["final_test_acc"] if final else last["test_acc"],
+                seconds=sum(row["seconds"] for row in metrics[:epochs]) + (last["final_test_seconds"] if final else 0),
+                curve={row["epoch"]: row["test_acc"] for row in tested}), "ok"
 
 
 def write_results(results_dir: Path, planned: list) -> list:
@@ -168,8 +171,9 @@ def write_results(results_dir: Path, planned: list) -> list:
                     status=status, folder=folder.path.name)
         run_lines.append(",".join(format_value(line.get(name), csv=True) for name in RUN_COLUMNS))
     rows, curves = [], {}
-    for label, outcomes in runs.items():
+    for outcomes in runs.values():
         run = outcomes[0][0]
+        label = " ".join([f"v{run.version}", *arm_words(run.arm)])  # the row's name in the tables
         summaries = [summary for _, _, summary, _ in outcomes if summary]
         missing = [f"seed {other.identity.seed}: {status}" for other, _, summary, status in outcomes if not summary]
         tests = [summary["test_acc"] for summary in summaries]
@@ -205,6 +209,8 @@ def write_results(results_dir: Path, planned: list) -> list:
         atomic_write(results_dir / "differences.png", lambda f: plots.save(plots.differences_figure(
             [(f"{row['label']} - {row['compared_with']}", row["difference"], row["difference_low"],
               row["difference_high"]) for row in compared]), f))
+    else:
+        (results_dir / "differences.png").unlink(missing_ok=True)  # a grown table may have nothing to compare now
     write_text(results_dir / "runs.csv", "\n".join(run_lines) + "\n")
     if curves:
         import plots
@@ -248,7 +254,8 @@ def compare_rows(rows: list) -> list:
                        difference_high=result["high"], paired_seeds=result["pairs"], p_value=result["p"],
                        spread=result["spread"])
             compared.append(row)
-    for row, adjusted in zip(compared, comparisons.holm([row["p_value"] for row in compared])):
+    tested = [row for row in compared if row["p_value"] is not None]
+    for row, adjusted in zip(tested, comparisons.holm([row["p_value"] for row in tested])):
         row.update(p_holm=adjusted, significant="yes" if adjusted < comparisons.ALPHA else "no")
     seeds = comparisons.seeds_to_resolve([dict(difference=row["difference"], spread=row["spread"])
                                           for row in compared])
@@ -281,26 +288,29 @@ def markdown_table(rows: list) -> str:
               "test Δ", "seconds")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        label = " ".join(filter(None, [str(row["version"]), row["arm"]]))
         test = format_value(row["test_acc"]) + (f" ± {row['test_acc_std']:.4f}" if row["test_acc_std"] else "")
         reference = "" if row["ref_test_acc"] is None else \
             f"{row['ref_train_acc']:.2f} / {row['ref_test_acc']:.2f}" + (
                 "" if row["reference_source"] == "seed" else f" ({row['reference_source']})")
         delta = "" if row["test_delta"] is None else f"{row['test_delta']:+.4f}"
         lines.append("| " + " | ".join([
-            label, row["dataset"], "" if row["params"] is None else f"{row['params']:,}", str(row["epochs"]),
-            str(row["seeds"]),
+            row["label"][1:], row["dataset"], "" if row["params"] is None else f"{row['params']:,}",
+            str(row["epochs"]), str(row["seeds"]),
             format_value(row["train_acc"]), test, reference, delta,
             "" if row["seconds"] is None else f"{row['seconds']:.0f}"]) + " |")
-    notes = [f"v{' '.join(filter(None, [str(row['version']), row['arm']]))} lacks runs: {row['status']}"
-             for row in rows if row["status"] != "ok"]
+    notes = [f"{row['label']} lacks runs: {row['status']}" for row in rows if row["status"] != "ok"]
     return "\n".join(lines + ([""] + notes if notes else []) + statistics_lines(rows))
+
+
+def number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def statistics_lines(rows: list) -> list:
     """Under the table: each row's 95% interval and each comparison, or why there are none."""
     if not any(len(row["per_seed"]) > 1 for row in rows):
-        return ["", "One seed per row: no interval or difference is claimed (give --seeds for them)."]
+        return ["", "One seed per row: no interval or difference is claimed (several seeds give them, e.g. "
+                    "--seeds 0-4)."]
     lines = ["", "| row | seeds | mean test acc (95% interval) |", "|---|---|---|"]
     lines += [f"| {row['label']} | {len(row['per_seed'])} | {row['test_acc']:.4f}"
               + (f" [{row['test_acc_low']:.4f}, {row['test_acc_high']:.4f}]" if "test_acc_low" in row else "") + " |"
@@ -310,8 +320,9 @@ def statistics_lines(rows: list) -> list:
         lines += ["", "| comparison | difference (95% interval, paired) | seeds paired | p | p (Holm) | significant |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {row['label']} - {row['compared_with']} | {row['difference']:+.4f} [{row['difference_low']:+.4f}, "
-                  f"{row['difference_high']:+.4f}] | {row['paired_seeds']} | {row['p_value']:.3g} | "
-                  f"{row['p_holm']:.3g} | {row['significant']} |" for row in compared]
+                  f"{row['difference_high']:+.4f}] | {row['paired_seeds']} | {number(row['p_value'])} | "
+                  f"{number(row.get('p_holm'))} | {row.get('significant', 'no test: no spread')} |"
+                  for row in compared]
         if rows[0].get("seeds_needed"):
             lines += ["", f"Seeds to resolve the smallest difference seen (paired t-test at 5%, 80% power): about "
                           f"{rows[0]['seeds_needed']}."]

@@ -127,7 +127,7 @@ class ModelKind:
     """A model family as the command line sees it, without importing torch: the arguments `--set model.NAME=...`
     may give, each (type, range, default; a list type holds whole numbers, a default of None means required), and
     the images it takes as (channels, size), or None for any (it pools its features globally, so patch whitening
-    can go in front of it). tests/test_models.py checks these against the models' own signatures."""
+    can go in front of it). tests/test_sweeps.py checks these against the models' own signatures."""
 
     arguments: dict
     takes: tuple | None
@@ -239,6 +239,12 @@ class Runtime:
 
 
 SETTINGS = (Recipe, RunIdentity, Runtime)
+
+
+def shared_gpu(device: str, processes: int) -> str:
+    """Why several processes on one machine cannot take one `cuda:K` between them."""
+    return (f"--device {device}: the {processes} processes on this machine would share one GPU; give --device cuda "
+            "(each takes the GPU of its LOCAL_RANK) or a list of devices")
 
 
 def default_cache_dir() -> str:

@@ -50,6 +50,12 @@ def test_seeds_to_resolve_the_smallest_difference():
     assert comparisons.seeds_to_resolve(seen) == math.ceil(7.85 * (0.01 / 0.005) ** 2 + 2)
 
 
+def test_pairs_that_all_differ_by_as_much_have_no_test():
+    result = comparisons.paired_difference({0: 0.9, 1: 0.8}, {0: 0.8, 1: 0.7})
+    assert result["difference"] == pytest.approx(0.1) and result["p"] is None
+    assert (result["low"], result["high"]) == pytest.approx((0.1, 0.1))
+
+
 def test_fewer_than_two_pairs_claim_nothing():
     assert comparisons.paired_difference({0: 0.9, 1: 0.8}, {1: 0.7, 2: 0.6}) is None
 
@@ -83,7 +89,7 @@ def test_a_sweep_compares_each_arm_with_the_best(cli, mnist_dir, tmp_path):
     best = max(rows, key=lambda row: float(row["test_acc"]))
     assert best["compared_with"] == ""
     others = [row for row in rows if row is not best]
-    assert {row["compared_with"] for row in others} == {"v1-" + best["arm"].replace(" ", "-")}
+    assert {row["compared_with"] for row in others} == {"v1 " + best["arm"]}
     for row in others:
         assert row["paired_seeds"] == "3" and row["significant"] in ("yes", "no")
         assert float(row["difference_low"]) <= float(row["difference"]) <= float(row["difference_high"])

@@ -193,3 +193,23 @@ def test_resume_refuses_set(cli, mnist_dir, tmp_path):
     assert sweep(cli, mnist_dir, tmp_path / "run")[0] == 0
     code, _, err = cli("--resume", tmp_path / "run", "--set", "lr=0.1")
     assert code == 2 and "--set cannot change when resuming" in err
+
+
+def test_an_epochs_sweep_keeps_each_arm_in_its_own_folder(cli, mnist_dir, tmp_path):
+    table = tmp_path / "sweep"
+    argv = ("1", "--set", "epochs=2,10", "--batch-size", 32, "--data-dir", mnist_dir, "--out", table, "--quiet")
+    assert cli(*argv)[0] == 0
+    code, out, err = cli(*argv)
+    assert code == 0 and "Training..." not in out, err
+    for epochs in (2, 10):
+        assert json.loads((table / f"v1-epochs={epochs}" / "config.json").read_text())["epochs"] == epochs
+        assert f"v1-epochs={epochs}; skipped" in out
+
+
+def test_a_failed_run_of_another_recipe_under_an_arms_name_is_refused(cli, mnist_dir, tmp_path):
+    table = tmp_path / "sweep"
+    assert sweep(cli, mnist_dir, table, "--set", "lr=1e3,0.05")[0] == 1
+    config = table / "v1-lr=1000.0" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "momentum": 0.5}))
+    code, out, err = sweep(cli, mnist_dir, table, "--set", "lr=1e3,0.05")
+    assert code == 1 and "was trained with momentum=0.5" in err and "failed earlier" not in out
