@@ -12,8 +12,8 @@ from pathlib import Path
 import checks
 import overrides
 from configs import VERSIONS
-from settings import (DATASETS, MODEL_KINDS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields, worker_count,
-                      seed_number)
+from settings import (DATASETS, MODEL_KINDS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields,
+                      seed_number, worker_count)
 
 GROUP_TITLES = {
     Recipe: "recipe (default: the version's own; see: main.py list)",

@@ -1,5 +1,6 @@
 """Several runs as one table: a results folder with a run folder per arm (a version, with its --set settings) and
-seed, and results.md, .csv and .png. Running the same command again skips finished runs and resumes unfinished ones; each run's row comes from its
+seed, and results.md, .csv and .png. Running the same command again skips finished runs and resumes unfinished
+ones; each run's row comes from its
 checkpoint's metrics, cut to the epochs the table asks for."""
 import statistics
 from dataclasses import replace
@@ -29,9 +30,13 @@ def run_name(run: RunConfig, seeds_given: bool) -> str:
     return arm_label(run) + (f"-seed{run.identity.seed}" if seeds_given else "")
 
 
+def arm_text(run: RunConfig) -> str:
+    """The run's --set settings as the tables show them: lr=0.1 weight_decay=0.001 ('' for a version's own)."""
+    return " ".join(arm_words(run.arm))
+
+
 def describe(run: RunConfig) -> str:
-    return f"Version {run.version}" + (f" ({' '.join(arm_words(run.arm))})" if run.arm else "") + \
-        f", seed {run.identity.seed}"
+    return f"Version {run.version}" + (f" ({arm_text(run)})" if run.arm else "") + f", seed {run.identity.seed}"
 
 
 def claim_results_folder(path: Path) -> None:
@@ -167,13 +172,13 @@ def write_results(results_dir: Path, planned: list) -> list:
     for run, folder in planned:
         summary, status = run_summary(folder, run.recipe.epochs)
         runs.setdefault(arm_label(run), []).append((run, folder, summary, status))
-        line = dict(summary or {}, version=run.version, arm=" ".join(arm_words(run.arm)), seed=run.identity.seed,
+        line = dict(summary or {}, version=run.version, arm=arm_text(run), seed=run.identity.seed,
                     status=status, folder=folder.path.name)
         run_lines.append(",".join(format_value(line.get(name), csv=True) for name in RUN_COLUMNS))
     rows, curves = [], {}
     for outcomes in runs.values():
         run = outcomes[0][0]
-        label = " ".join([f"v{run.version}", *arm_words(run.arm)])  # the row's name in the tables
+        label = f"v{run.version} {arm_text(run)}".rstrip()  # the row's name in the tables
         summaries = [summary for _, _, summary, _ in outcomes if summary]
         missing = [f"seed {other.identity.seed}: {status}" for other, _, summary, status in outcomes if not summary]
         tests = [summary["test_acc"] for summary in summaries]
@@ -192,7 +197,7 @@ def write_results(results_dir: Path, planned: list) -> list:
             test_delta=mean - reference[1] if reference and tests else None,
             reference_source=VERSIONS[run.version].reference_source,
             seconds=statistics.fmean(summary["seconds"] for summary in summaries) if summaries else None,
-            status="; ".join(missing) or "ok", arm=" ".join(arm_words(run.arm))))
+            status="; ".join(missing) or "ok", arm=arm_text(run)))
         if summaries:
             epochs = sorted({epoch for summary in summaries for epoch in summary["curve"]})
             curves.setdefault(DATASETS[run.dataset].title, {})[label] = (epochs, [
@@ -203,19 +208,17 @@ def write_results(results_dir: Path, planned: list) -> list:
     lines = [",".join(columns)] + [",".join(format_value(row.get(name), csv=True) for name in columns) for row in rows]
     write_text(results_dir / "results.csv", "\n".join(lines) + "\n")
     write_text(results_dir / "results.md", markdown_table(rows) + "\n")
-    if compared:
-        import plots
+    write_text(results_dir / "runs.csv", "\n".join(run_lines) + "\n")
+    import plots
 
+    if curves:
+        atomic_write(results_dir / "results.png", lambda f: plots.save(plots.results_figure(curves), f))
+    if compared:
         atomic_write(results_dir / "differences.png", lambda f: plots.save(plots.differences_figure(
             [(f"{row['label']} - {row['compared_with']}", row["difference"], row["difference_low"],
               row["difference_high"]) for row in compared]), f))
     else:
         (results_dir / "differences.png").unlink(missing_ok=True)  # a grown table may have nothing to compare now
-    write_text(results_dir / "runs.csv", "\n".join(run_lines) + "\n")
-    if curves:
-        import plots
-
-        atomic_write(results_dir / "results.png", lambda f: plots.save(plots.results_figure(curves), f))
     return rows
 
 
@@ -319,8 +322,9 @@ def statistics_lines(rows: list) -> list:
     if compared:
         lines += ["", "| comparison | difference (95% interval, paired) | seeds paired | p | p (Holm) | significant |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {row['label']} - {row['compared_with']} | {row['difference']:+.4f} [{row['difference_low']:+.4f}, "
-                  f"{row['difference_high']:+.4f}] | {row['paired_seeds']} | {number(row['p_value'])} | "
+        lines += [f"| {row['label']} - {row['compared_with']} | {row['difference']:+.4f} "
+                  f"[{row['difference_low']:+.4f}, {row['difference_high']:+.4f}] | {row['paired_seeds']} | "
+                  f"{number(row['p_value'])} | "
                   f"{number(row.get('p_holm'))} | {row.get('significant', 'no test: no spread')} |"
                   for row in compared]
         if rows[0].get("seeds_needed"):
