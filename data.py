@@ -20,7 +20,7 @@ import torch
 from console import STOP, progress
 from folders import list_image_folder, split_folder
 from errors import DataError
-from records import atomic_write
+from files import atomic_write
 from settings import DATASETS
 
 CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served

@@ -1,22 +1,21 @@
 """The run folder and its one writer: config.json, metrics.csv, checkpoint.pt and the pictures.
 
-Every file goes to a uniquely named temporary file beside it, is flushed and fsynced, then renamed over the old
-one, so a crash, a full disk or two writers at once never leave half a file. A folder this tool made says so in
-its config.json; --force clears only such folders, and a folder holding anything else is never written to. Only
-the writing process (rank 0 of several) touches the disk; the others hold a RunFolder that writes nothing.
+Every file is written whole (files.py), so a crash, a full disk or two writers at once never leave half a file. A
+folder this tool made says so in its config.json; --force clears only such folders, and a folder holding anything
+else is never written to. Only the writing process (rank 0 of several) touches the disk; the others hold a RunFolder that writes nothing.
 """
 import json
 import os
 import pickle
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
 from errors import CheckpointError, RunnerError
+from files import atomic_write, write_text
 from settings import TOOL, Recipe, RunConfig, RunIdentity, Runtime, from_record
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
@@ -27,34 +26,9 @@ EVENT_FILES, HPARAMS_RUN = "events.out.tfevents.", "hparams"  # TensorBoard's, w
 FAILURE_MARKER = ".failed"  # a failure no restart can fix, for processes torchrun restarts (distributed.py)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 CONFIG_FORMAT = 2
-UMASK = os.umask(0)
-os.umask(UMASK)
 CHECKPOINT_KEYS = {"version", "epoch", "model", "optimizer", "shuffle_rng", "metrics", "classes"}
 FORMAT_1_KEYS = {"version", "dataset", "model", "model_args", "params", "optimizer", "lr", "epochs", "batch_size",
                  "seed", "device", "loader", "eval_every", "data_dir", "image_folder", "overrides"}
-
-
-def atomic_write(path: Path, write, verify=None) -> None:
-    """write(f) into a unique temporary file beside path, flushed and fsynced, checked by verify(temporary path)
-    when given, then renamed over path (with the permissions a plain new file would have)."""
-    handle, temporary = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~UMASK)
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify:
-            verify(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def is_ours_hidden(name: str) -> bool:

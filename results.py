@@ -10,7 +10,8 @@ from configs import VERSIONS
 from distributed import say
 from errors import CheckpointError, Diverged, RunnerError
 from overrides import arm_words
-from records import CONFIG, RunFolder, write_text, atomic_write
+from files import atomic_write, write_text
+from records import CONFIG, RunFolder
 from settings import DATASETS, RunConfig, differences
 
 RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")

@@ -23,12 +23,13 @@ class Dataset:
     title: str
     channels: int
     size: int
+    class_sizes: tuple  # training images per class, so that a --holdout is checked before any data is read
 
 
 DATASETS = {
-    "mnist": Dataset("MNIST", 1, 28),
-    "fashion_mnist": Dataset("Fashion-MNIST", 1, 28),
-    "cifar10": Dataset("CIFAR-10", 3, 32),
+    "mnist": Dataset("MNIST", 1, 28, (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)),
+    "fashion_mnist": Dataset("Fashion-MNIST", 1, 28, (6000,) * 10),
+    "cifar10": Dataset("CIFAR-10", 3, 32, (5000,) * 10),
 }
 
 
@@ -211,7 +212,17 @@ class RunIdentity:
         "--sync-bn", "BatchNorm statistics over every process's share of the batch (CUDA, several processes)"))
     resize: bool = field(default=False, metadata=option(
         "--resize", "resize an image folder's images to the version's size (antialiased) as they are decoded"))
+    holdout: int = field(default=0, metadata=option(
+        "--holdout", "hold out N training images (stratified by class) and report accuracy on them, not on the "
+        "test split, which is then never read", positive_int))
+    holdout_seed: int = field(default=0, metadata=option(
+        "--holdout-seed", "which images --holdout takes (default 0; the same for every --seed)", seed_number, "S"))
     data: dict = field(default_factory=dict)
+
+    @property
+    def evaluated(self) -> str:
+        """The split each epoch is tested on: "val" (the held-out training images) under --holdout, else "test"."""
+        return "val" if self.holdout else "test"
 
 
 @dataclass(frozen=True)
