@@ -2,7 +2,8 @@
 
 Every file is written whole (files.py), so a crash, a full disk or two writers at once never leave half a file. A
 folder this tool made says so in its config.json; --force clears only such folders, and a folder holding anything
-else is never written to. Only the writing process (rank 0 of several) touches the disk; the others hold a RunFolder that writes nothing.
+else is never written to. Only the writing process (rank 0 of several) touches the disk; the others hold a
+RunFolder that writes nothing.
 """
 import json
 import os
