@@ -1,9 +1,11 @@
 """The checks of a command line that need no data and no torch, in the order a user would fix them: each failure
 is argparse's usage error (exit 2) naming the bad value."""
 import argparse
+import json
 import os
 from pathlib import Path
 
+import holdout
 import overrides
 from configs import VERSIONS
 from settings import DATASETS, SETTINGS, Recipe, flag_fields, given, resumable_names, shared_gpu, was_given
@@ -34,12 +36,37 @@ def check_creatable_dir(parser: argparse.ArgumentParser, option: str, path: str,
         parser.error(f"{option} {path}: cannot be created ({parent} is not a writable folder)")
 
 
-def check_image_folder(parser: argparse.ArgumentParser, path: str) -> None:
+def check_image_folder(parser: argparse.ArgumentParser, path: str, holdout: bool = False) -> None:
+    """A folder with train/ and test/ (train/ alone under --holdout, which never reads the test split)."""
     check_readable_dir(parser, "--image-folder", path)
-    for split in ("train", "test"):
+    for split in ("train",) if holdout else ("train", "test"):
         if not os.path.isdir(os.path.join(path, split)):
-            parser.error(f"--image-folder {path}: has no {split}/ folder (it needs train/<class>/* and "
-                         "test/<class>/*)")
+            needs = "train/<class>/*" if holdout else "train/<class>/* and test/<class>/*"
+            parser.error(f"--image-folder {path}: has no {split}/ folder (it needs {needs})")
+
+
+def check_holdout(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--holdout N must leave every class of every version's training split something to train on."""
+    from errors import DataError
+    from folders import list_image_folder, split_folder
+
+    if not args.holdout:
+        if args.holdout_seed is not None:
+            parser.error("--holdout-seed chooses the images --holdout takes: give --holdout N too")
+        return
+    for version in args.versions:
+        if version in args.folder_versions:
+            try:
+                classes, samples = list_image_folder(split_folder(args.image_folder, True))
+            except DataError as error:
+                parser.error(f"--image-folder {args.image_folder}: {error}")
+            sizes = [sum(1 for _, label in samples if label == index) for index in range(len(classes))]
+        else:
+            classes, sizes = None, DATASETS[VERSIONS[version].dataset].class_sizes
+        try:
+            holdout.shares(sizes, args.holdout, classes)
+        except holdout.HoldoutError as error:
+            parser.error(f"version {version}: {error}")
 
 
 def first_image_size(parser: argparse.ArgumentParser, folder: str) -> tuple[int, int]:
@@ -77,6 +104,16 @@ def versions_on_folder(parser: argparse.ArgumentParser, args: argparse.Namespace
     return matching
 
 
+def saved_holdout(run_dir: str) -> bool:
+    """Whether a run folder's run holds images out (its config.json, read without torch; False if unreadable,
+    which --resume then reports)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            return bool(json.load(f).get("holdout"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything that can be checked without torch, in the order a user would fix it."""
     values = vars(args)
@@ -95,7 +132,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
             parser.error(f"--{changed[0].replace('_', '-')} cannot change when resuming (only "
                          f"{', '.join(flags)} can)")
         if args.image_folder:
-            check_image_folder(parser, args.image_folder)
+            check_image_folder(parser, args.image_folder, holdout=saved_holdout(args.resume))
         return
     if not args.versions:
         parser.error("say which versions to run, e.g. 9 or 1,3,6-9 (see: python main.py list)")
@@ -106,8 +143,9 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     args.arms = checked_arms(parser, args, args.loader == "torchvision")
     args.folder_versions = set()
     if args.image_folder:
-        check_image_folder(parser, args.image_folder)
+        check_image_folder(parser, args.image_folder, holdout=bool(args.holdout))
         args.folder_versions = versions_on_folder(parser, args)
+    check_holdout(parser, args)
     check_creatable_dir(parser, "--data-dir", args.data_dir or "data", writable=False)
     check_creatable_dir(parser, "--out" if args.out else "runs", args.out or "runs", writable=True)
 

@@ -12,7 +12,7 @@ from configs import VERSIONS
 from console import EXIT_CODES, STOP, Stopped
 from errors import RunnerError
 from records import CHECKPOINT, RunFolder, leave_failure_marker
-from settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, given
+from settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, given, was_given
 
 
 TRACEBACK = "BASIC_IMAGE_CLASSIFICATION_TRACEBACK"  # set it to see an unexpected failure's traceback
@@ -75,7 +75,7 @@ def run_config(version: int, args, seed: int, device, group, arm: dict) -> RunCo
                          "image_folder": folder and os.path.abspath(folder), "rank": distributed.rank(),
                          "world_size": group.size})
     source = DataSource(row.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir,
-                        identity.get("resize", False))
+                        identity.get("resize", False), identity.get("holdout", 0))
     return RunConfig(version, row.dataset, overrides.arm_recipe(row.recipe, changes, arm),
                      RunIdentity(**identity, data=data_identity(source)), runtime,
                      {**changes, **arm, **given(RunIdentity, values)}, arm)
@@ -139,7 +139,25 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
                       (lambda: results.write_results(results_dir, planned)) if alone else None, args.fail_fast)
     distributed.everyone("waiting for the table's other runs", None)
     if distributed.is_writer():
-        results.report(results_dir, planned)
+        chosen = (lambda row: whole_split_command(args, row)) if args.holdout and len(args.arms) > 1 else None
+        results.report(results_dir, planned, chosen)
+
+
+def whole_split_command(args, row: dict) -> str:
+    """The command that trains a table's row (a version with its --set settings) as this one did, without
+    --holdout: on the whole training split, tested on the test split, into a new folder."""
+    words, values = [str(row["version"])], vars(args)
+    for kind in (Recipe, RunIdentity, Runtime):
+        for setting in flag_fields(kind):
+            value = values.get(setting.name)
+            if setting.name in ("holdout", "holdout_seed") or not was_given(value):
+                continue
+            words += [setting.metadata["flag"]] if value is True else [setting.metadata["flag"], value]
+    if args.seeds is not None:
+        words += ["--seeds", ",".join(map(str, args.seeds))]
+    for word in overrides.arm_words(row["settings"]):
+        words += ["--set", word]
+    return command_line(*words, *procs_words(args))
 
 
 def train_one(run: RunConfig, args, group, progress: Progress) -> None:
@@ -198,7 +216,7 @@ def continue_run(run: RunConfig, folder: RunFolder, changes: dict, device, group
     runtime = replace(run.runtime, **{**switches, **changes, "device": str(device), "rank": distributed.rank(),
                                       "world_size": group.size})
     if {"data_dir", "image_folder"} & changes.keys():
-        source = DataSource(run.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir, run.identity.resize)
+        source = DataSource.of(replace(run, runtime=runtime))
         if data_identity(source) != run.identity.data:
             raise RunnerError(f"{source.name} is not the data {folder.path} was trained on (other classes or sample "
                               "counts): give the run's own data")

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from console import STOP, progress
-from folders import list_image_folder, split_folder
 from errors import DataError
 from files import atomic_write
+from folders import list_image_folder, split_folder
+from holdout import HoldoutError, held_out
 from settings import DATASETS
 
 CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served
@@ -45,13 +47,16 @@ class Split:
 @dataclass(frozen=True)
 class DataSource:
     """Where a version's images come from: its dataset under data_dir, or an image folder (resized to the
-    version's size when `resize`)."""
+    version's size when `resize`); with `holdout`, that many training images are tested on instead of the test
+    split (see holdout.py)."""
 
     dataset: str
     data_dir: str
     image_folder: str | None = None
     cache_dir: str | None = None
     resize: bool = False
+    holdout: int = 0
+    holdout_seed: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -65,7 +70,7 @@ class DataSource:
     def of(cls, run) -> "DataSource":
         """A run's data source (run: settings.RunConfig)."""
         return cls(run.dataset, run.runtime.data_dir, run.runtime.image_folder, run.runtime.cache_dir,
-                   run.identity.resize)
+                   run.identity.resize, run.identity.holdout, run.identity.holdout_seed)
 
 
 def torchvision_class(dataset: str):
@@ -229,20 +234,78 @@ def load_split(source: DataSource, train: bool) -> Split:
 
 def data_identity(source: DataSource) -> dict:
     """What makes two data sources the same for a run: the dataset, or an image folder's classes and sample
-    counts (its path may change, e.g. on another machine) and whether it is resized."""
+    counts (its path may change, e.g. on another machine) and whether it is resized. Under --holdout the test
+    split is never read, so it is no part of it."""
     if not source.image_folder:
         return {"dataset": source.dataset}
-    listings = [list_image_folder(split_folder(source.image_folder, train)) for train in (True, False)]
-    return {"dataset": source.dataset, "image_folder": {
-        "classes": listings[0][0], "train": len(listings[0][1]), "test": len(listings[1][1]), "resize": source.resize}}
+    train = list_image_folder(split_folder(source.image_folder, True))
+    identity = {"classes": train[0], "train": len(train[1])}
+    if not source.holdout:
+        identity["test"] = len(list_image_folder(split_folder(source.image_folder, False))[1])
+    return {"dataset": source.dataset, "image_folder": {**identity, "resize": source.resize}}
 
 
-def check_classes(train_classes: list, test_classes: list, where: str) -> None:
-    if train_classes != test_classes:
+def check_classes(train_classes: list, test_classes: list | None, where: str) -> None:
+    """The classes the models predict; test_classes None when no test split is read (--holdout)."""
+    if test_classes is not None and train_classes != test_classes:
         raise DataError(f"{where}: train/ and test/ have different class folders: give both the same classes")
     if len(train_classes) != CLASSES_PER_MODEL:
         raise DataError(f"{where} has {len(train_classes)} classes but the models predict {CLASSES_PER_MODEL}: "
                         f"use a folder with exactly {CLASSES_PER_MODEL} class folders")
+
+
+class _ConvertTo:
+    """A PIL loader that opens a file in the version's colour mode (picklable for worker processes)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, path: str):
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.convert(self.mode)
+
+
+def holdout_indices(source: DataSource, labels: list, classes: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the training split's indices trained on, those held out) under --holdout."""
+    try:
+        held = held_out(labels, source.holdout, source.holdout_seed, classes)
+    except HoldoutError as error:
+        raise DataError(str(error)) from None
+    kept = torch.ones(len(labels), dtype=torch.bool)
+    kept[held] = False
+    return kept.nonzero().squeeze(1), torch.tensor(held, dtype=torch.int64)
+
+
+def cut_holdout(source: DataSource, split: Split) -> tuple[Split, Split]:
+    """The training split as (the part trained on, the part held out to test on)."""
+    return tuple(Split(split.images.index_select(0, index), split.labels.index_select(0, index), split.classes)
+                 for index in holdout_indices(source, split.labels.tolist(), split.classes))
+
+
+def classic_dataset(source: DataSource, train: bool, transform=None) -> Dataset:
+    """The split as torchvision reads it (a torchvision dataset or ImageFolder), through `transform`."""
+    import torchvision
+
+    if not source.image_folder:
+        _check_dataset_files(source, _dataset_files(source, train))
+        return torchvision_class(source.dataset)(root=source.data_dir, train=train, download=False,
+                                                 transform=transform)
+
+    class VisibleImageFolder(torchvision.datasets.ImageFolder):
+        """ImageFolder over the same listing as the resident path: hidden files and folders are not data."""
+
+        def find_classes(self, directory):
+            classes = list_image_folder(split_folder(source.image_folder, train))[0]
+            return classes, {name: index for index, name in enumerate(classes)}
+
+        def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            return list(list_image_folder(split_folder(source.image_folder, train))[1])
+
+    channels = source.shape[0]
+    return VisibleImageFolder(str(split_folder(source.image_folder, train)), transform=transform,
+                              loader=_ConvertTo(image_mode(channels)))
 
 
 def load_image(path: str, channels: int, size: int) -> torch.Tensor:

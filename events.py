@@ -12,9 +12,10 @@ from records import HPARAMS_RUN
 
 
 class RunLog:
-    def __init__(self, folder, first_step: int):
-        """folder: the RunFolder; first_step: the global step this session starts from."""
-        self.folder, self.first_step = folder, first_step
+    def __init__(self, folder, first_step: int, split: str = "test"):
+        """folder: the RunFolder; first_step: the global step this session starts from; split: what the epochs are
+        tested on (test, or val under --holdout), which names their points."""
+        self.folder, self.first_step, self.split = folder, first_step, split
         self.writer = None
         # Seconds spent: starting the writer (once), logging the epochs' points, and the end-of-run figures.
         self.seconds = {"start": 0.0, "points": 0.0, "finish": 0.0}
@@ -41,12 +42,13 @@ class RunLog:
         def log(writer):
             writer.add_scalar("train/loss", row["train_loss"], step)
             writer.add_scalar("train/accuracy", row["train_acc"], step)
-            if row["test_acc"] is not None:
-                writer.add_scalar("test/loss", row["test_loss"], step)
-                writer.add_scalar("test/accuracy", row["test_acc"], step)
-            if "final_test_acc" in row:
-                writer.add_scalar("test/final_loss", row["final_test_loss"], step)
-                writer.add_scalar("test/final_accuracy", row["final_test_acc"], step)
+            split = self.split
+            if row[f"{split}_acc"] is not None:
+                writer.add_scalar(f"{split}/loss", row[f"{split}_loss"], step)
+                writer.add_scalar(f"{split}/accuracy", row[f"{split}_acc"], step)
+            if f"final_{split}_acc" in row:
+                writer.add_scalar(f"{split}/final_loss", row[f"final_{split}_loss"], step)
+                writer.add_scalar(f"{split}/final_accuracy", row[f"final_{split}_acc"], step)
             writer.add_scalar("lr", row["lr"], step)
             writer.add_scalar("time/epoch_seconds", row["seconds"], step)
             writer.add_scalar("time/images_per_second", images / row["seconds"], step)
@@ -60,9 +62,9 @@ class RunLog:
 
         def log(writer):
             writer.add_hparams(hparams, final, run_name=HPARAMS_RUN, global_step=step)
-            writer.add_figure("test/confusion_matrix", confusion_figure, step)
+            writer.add_figure(f"{self.split}/confusion_matrix", confusion_figure, step)
             if mistakes_figure is not None:
-                writer.add_figure("test/mistakes", mistakes_figure, step)
+                writer.add_figure(f"{self.split}/mistakes", mistakes_figure, step)
 
         self._timed("finish", log)
 
@@ -76,7 +78,7 @@ def hyperparameters(run) -> dict:
     from dataclasses import asdict
 
     values = {"version": run.version, "dataset": run.dataset, **asdict(run.recipe), "seed": run.identity.seed,
-              "loader": run.identity.loader, "amp": run.identity.amp}
+              "loader": run.identity.loader, "amp": run.identity.amp, "holdout": run.identity.holdout}
     return {name: value if isinstance(value, (int, float, str, bool)) else str(value)
             for name, value in values.items()}
 

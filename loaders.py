@@ -14,11 +14,10 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from data import DataSource, Split, check_classes, image_mode, load_split
+from data import DataSource, Split, check_classes, classic_dataset, cut_holdout, holdout_indices, load_split
 from errors import DataError
-from folders import list_image_folder, split_folder
 from settings import DATASETS, Recipe, RunConfig
 
 CLASSIC_WORKERS = 4
@@ -127,19 +126,6 @@ class ResidentLoader:
             yield images.to(torch.float32).div(255), self.labels.index_select(0, index), divisor
 
 
-class _ConvertTo:
-    """A PIL loader that opens a file in the version's colour mode (picklable for worker processes)."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-
-    def __call__(self, path: str):
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return image.convert(self.mode)
-
-
 class SplitDataset(Dataset):
     """A Split served the way torchvision's datasets serve theirs: a PIL image per item, through a transform."""
 
@@ -156,32 +142,6 @@ class SplitDataset(Dataset):
         image = Image.fromarray(pixels[0], mode="L") if pixels.shape[0] == 1 else Image.fromarray(
             pixels.transpose(1, 2, 0))
         return (self.transform(image) if self.transform else image), int(self.split.labels[index])
-
-
-def classic_dataset(source: DataSource, train: bool, transform=None) -> Dataset:
-    """The split as torchvision reads it (a torchvision dataset or ImageFolder), through `transform`."""
-    import torchvision
-
-    from data import _dataset_files, _check_dataset_files, torchvision_class
-
-    if not source.image_folder:
-        _check_dataset_files(source, _dataset_files(source, train))
-        return torchvision_class(source.dataset)(root=source.data_dir, train=train, download=False,
-                                                 transform=transform)
-
-    class VisibleImageFolder(torchvision.datasets.ImageFolder):
-        """ImageFolder over the same listing as the resident path: hidden files and folders are not data."""
-
-        def find_classes(self, directory):
-            classes = list_image_folder(split_folder(source.image_folder, train))[0]
-            return classes, {name: index for index, name in enumerate(classes)}
-
-        def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-            return list(list_image_folder(split_folder(source.image_folder, train))[1])
-
-    channels = source.shape[0]
-    return VisibleImageFolder(str(split_folder(source.image_folder, train)), transform=transform,
-                              loader=_ConvertTo(image_mode(channels)))
 
 
 def ignore_interrupts(worker: int) -> None:
@@ -254,7 +214,10 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
     else:
         size = DATASETS[run.dataset].size
         train = classic_dataset(source, True, classic_transform(size, recipe.crop_padding, recipe.flip, source.resize))
-        test = classic_dataset(source, False, classic_transform(size, 0, "none", source.resize))
+        test = classic_dataset(source, bool(source.holdout), classic_transform(size, 0, "none", source.resize))
+        if source.holdout:
+            kept, held = holdout_indices(source, [int(label) for label in train.targets], list(train.classes))
+            train, test = Subset(train, kept.tolist()), Subset(test, held.tolist())
         loaders = (ClassicLoader(train, BatchPlan(len(train), recipe.batch_size, recipe.drop_last, rank, world),
                                  device, state.generators["shuffle"], state.generators["workers"]),
                    ClassicLoader(test, BatchPlan(len(test), recipe.batch_size, rank=rank, world_size=world,
@@ -266,17 +229,21 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
 
 
 def load_splits(run: RunConfig, source: DataSource, resume: bool) -> tuple[dict, list]:
-    """The splits the run needs in memory, and the class names: both for the resident loader; for the classic one
-    only the train split, and only when input layers are fitted to it."""
-    wanted = (True, False) if run.identity.loader == "resident" else ()
-    if not resume and (run.recipe.normalize or run.recipe.whitening) and True not in wanted:
-        wanted = (True,)
-    splits = {train: load_split(source, train) for train in wanted}
-    if len(splits) == 2:
+    """The splits the run needs in memory ({True: trained on, False: tested on}) and the class names: both for
+    the resident loader; for the classic one only the part trained on, and only when input layers are fitted to
+    it. Under --holdout both parts are cut from the training split and the test split is never read."""
+    resident = run.identity.loader == "resident"
+    splits = {}
+    if resident or (not resume and (run.recipe.normalize or run.recipe.whitening)):
+        splits[True] = load_split(source, True)
+        if source.holdout:
+            splits[True], splits[False] = cut_holdout(source, splits[True])
+        elif resident:
+            splits[False] = load_split(source, False)
+    if resident:
         classes = splits[True].classes
-        check_classes(classes, splits[False].classes, source.name)
-    else:
-        datasets = [classic_dataset(source, train) for train in (True, False)]
-        classes = list(datasets[0].classes)
-        check_classes(classes, list(datasets[1].classes), source.name)
-    return splits, classes
+        check_classes(classes, None if source.holdout else splits[False].classes, source.name)
+        return splits, classes
+    classes = list(classic_dataset(source, True).classes)
+    check_classes(classes, None if source.holdout else list(classic_dataset(source, False).classes), source.name)
+    return {True: splits[True]} if splits else {}, classes

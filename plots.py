@@ -13,15 +13,21 @@ def save(figure, f) -> None:
     plt.close(figure)
 
 
-def curves_figure(metrics: list, reference_test_acc: float | None, title: str):
-    """Loss and accuracy by epoch, train against test: the gap between them is the ladder's story."""
+SPLIT_NAMES = {"test": "test", "val": "validation (held out)"}
+
+
+def curves_figure(metrics: list, reference_test_acc: float | None, title: str, split: str = "test"):
+    """Loss and accuracy by epoch, train against test (or validation: split "val"): the gap between them is the
+    ladder's story."""
     epochs = [row["epoch"] for row in metrics]
-    tested = [row for row in metrics if row["test_acc"] is not None]
+    tested = [row for row in metrics if row.get(f"{split}_acc") is not None]
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in metrics], label="train")
-    loss_axis.plot([row["epoch"] for row in tested], [row["test_loss"] for row in tested], "o-", label="test")
+    loss_axis.plot([row["epoch"] for row in tested], [row[f"{split}_loss"] for row in tested], "o-",
+                   label=SPLIT_NAMES[split])
     acc_axis.plot(epochs, [row["train_acc"] for row in metrics], label="train")
-    acc_axis.plot([row["epoch"] for row in tested], [row["test_acc"] for row in tested], "o-", label="test")
+    acc_axis.plot([row["epoch"] for row in tested], [row[f"{split}_acc"] for row in tested], "o-",
+                  label=SPLIT_NAMES[split])
     if reference_test_acc is not None:
         acc_axis.axhline(reference_test_acc, linestyle="--", color="gray", label="reference test acc")
     for axis, name in ((loss_axis, "loss"), (acc_axis, "accuracy")):

@@ -15,9 +15,11 @@ from records import CONFIG, RunFolder
 from settings import DATASETS, RunConfig, differences
 
 RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
-STATISTICS_COLUMNS = ["test_acc_low", "test_acc_high", "compared_with", "difference", "difference_low",
-                      "difference_high", "paired_seeds", "p_value", "p_holm", "significant"]
-RUN_COLUMNS = ["version", "arm", "seed", "train_acc", "test_acc", "seconds", "status", "folder"]
+# After the twelve: the arm, why a row lacks runs, the held-out accuracy (--holdout), then the statistics of the
+# accuracy compared (test, or val under --holdout): its 95% interval and the row's difference with another row.
+ADDED_COLUMNS = ["status", "arm", "val_acc", "val_acc_std", "acc_low", "acc_high", "compared_with", "difference",
+                 "difference_low", "difference_high", "paired_seeds", "p_value", "p_holm", "significant"]
+RUN_COLUMNS = ["version", "arm", "seed", "train_acc", "test_acc", "val_acc", "seconds", "status", "folder"]
 RESULT_COLUMNS = ["version", "dataset", "params", "epochs", "seeds", "train_acc", "test_acc", "test_acc_std",
                   "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
 
@@ -130,11 +132,18 @@ def run_table(planned: list, force: bool, train, after_each_run=None, fail_fast:
             after_each_run()
 
 
-def report(results_dir: Path, planned: list) -> list:
-    """Write results.md, .csv and .png and print the table; returns its rows. A planned run without a result at
-    the table's epochs is a failure (RunnerError) naming it, after the table that shows why in its status."""
+def report(results_dir: Path, planned: list, whole_split_command=None) -> list:
+    """Write results.md, .csv and .png and print the table; returns its rows. With whole_split_command (a sweep
+    on held-out images), also which row is best there and the command that trains it on the whole training split
+    and tests it. A planned run without a result at the table's epochs is a failure (RunnerError) naming it,
+    after the table that shows why in its status."""
     rows = write_results(results_dir, planned)
     print("\n" + markdown_table(rows))
+    scored = [row for row in rows if row["acc"] is not None]
+    if whole_split_command and scored:
+        best = max(scored, key=lambda row: row["acc"])
+        print(f"\nBest on the held-out images: {best['label']} ({best['acc']:.4f}). To train it on the whole "
+              f"training split and test it:\n  {whole_split_command(best)}")
     missing = [row for row in rows if row["status"] != "ok"]
     if missing:
         raise RunnerError(f"{len(missing)} of {len(rows)} rows of {results_dir / 'results.csv'} lack runs: "
@@ -142,10 +151,10 @@ def report(results_dir: Path, planned: list) -> list:
     return rows
 
 
-def run_summary(folder: RunFolder, epochs: int) -> tuple[dict | None, str]:
-    """A run's numbers at the table's epoch count, from its checkpoint: train accuracy of that epoch, test
-    accuracy of its last tested epoch up to it (the final test-time-augmented one when the run ended there). With
-    them "ok"; without (None), why not."""
+def run_summary(folder: RunFolder, epochs: int, split: str = "test") -> tuple[dict | None, str]:
+    """A run's numbers at the table's epoch count, from its checkpoint: train accuracy of that epoch, and as `acc`
+    the accuracy on `split` (test, or val under --holdout) of its last tested epoch up to it (the final
+    test-time-augmented one when the run ended there). With them "ok"; without (None), why not."""
     failure = folder.failure()
     if failure:
         return None, f"failed: {failure}"
@@ -154,27 +163,30 @@ def run_summary(folder: RunFolder, epochs: int) -> tuple[dict | None, str]:
     metrics = folder.load_checkpoint()["metrics"]
     if len(metrics) < epochs:
         return None, f"trained {len(metrics)} of {epochs} epochs"
-    tested = [row for row in metrics[:epochs] if row["test_acc"] is not None]
+    key = f"{split}_acc"
+    tested = [row for row in metrics[:epochs] if row.get(key) is not None]
     if not tested:
-        every = ", ".join(str(row["epoch"]) for row in metrics if row["test_acc"] is not None)
+        every = ", ".join(str(row["epoch"]) for row in metrics if row.get(key) is not None)
         return None, f"not tested by epoch {epochs} (tested after epochs {every})"
     last = tested[-1]
-    final = last["epoch"] == epochs and "final_test_acc" in last
-    return dict(train_acc=metrics[epochs - 1]["train_acc"],
-                test_acc=last["final_test_acc"] if final else last["test_acc"],
-                seconds=sum(row["seconds"] for row in metrics[:epochs]) + (last["final_test_seconds"] if final else 0),
-                curve={row["epoch"]: row["test_acc"] for row in tested}), "ok"
+    final = last["epoch"] == epochs and f"final_{key}" in last
+    return dict(train_acc=metrics[epochs - 1]["train_acc"], acc=last[f"final_{key}"] if final else last[key],
+                seconds=sum(row["seconds"] for row in metrics[:epochs]) + (
+                    last[f"final_{split}_seconds"] if final else 0),
+                curve={row["epoch"]: row[key] for row in tested}), "ok"
 
 
 def write_results(results_dir: Path, planned: list) -> list:
     """A row per arm planned (a version, with its --set settings), from the runs that have a result at the table's
     epochs; `status` says "ok" or which runs have none and why, so a row is never left out silently."""
     runs, run_lines = {}, [",".join(RUN_COLUMNS)]
+    split = planned[0][0].identity.evaluated  # one for the whole table: --holdout is the command's
     for run, folder in planned:
-        summary, status = run_summary(folder, run.recipe.epochs)
+        summary, status = run_summary(folder, run.recipe.epochs, split)
         runs.setdefault(arm_label(run), []).append((run, folder, summary, status))
         line = dict(summary or {}, version=run.version, arm=arm_text(run), seed=run.identity.seed,
                     status=status, folder=folder.path.name)
+        line[f"{split}_acc"] = line.get("acc")
         run_lines.append(",".join(format_value(line.get(name), csv=True) for name in RUN_COLUMNS))
     rows, curves = [], {}
     for outcomes in runs.values():
@@ -182,30 +194,32 @@ def write_results(results_dir: Path, planned: list) -> list:
         label = f"v{run.version} {arm_text(run)}".rstrip()  # the row's name in the tables
         summaries = [summary for _, _, summary, _ in outcomes if summary]
         missing = [f"seed {other.identity.seed}: {status}" for other, _, summary, status in outcomes if not summary]
-        tests = [summary["test_acc"] for summary in summaries]
-        reference = VERSIONS[run.version].reference if not run.arm else None  # measured for the version's own recipe
+        accuracies = [summary["acc"] for summary in summaries]
+        # a reference is measured for a version's own recipe, on the test split
+        reference = VERSIONS[run.version].reference if not run.arm and split == "test" else None
         folder_name = run.runtime.image_folder and Path(run.runtime.image_folder).name
-        mean = statistics.fmean(tests) if tests else None
+        mean = statistics.fmean(accuracies) if accuracies else None
+        std = statistics.stdev(accuracies) if len(accuracies) > 1 else None
         rows.append(dict(
-            label=label, per_seed={other.identity.seed: summary["test_acc"] for other, _, summary, _ in outcomes
+            label=label, per_seed={other.identity.seed: summary["acc"] for other, _, summary, _ in outcomes
                                    if summary},
             version=run.version, dataset=run.dataset + (f" (folder: {folder_name})" if folder_name else ""),
             params=parameter_count(run, [folder for _, folder, _, _ in outcomes]), epochs=run.recipe.epochs,
             seeds=len(summaries),
             train_acc=statistics.fmean(summary["train_acc"] for summary in summaries) if summaries else None,
-            test_acc=mean, test_acc_std=statistics.stdev(tests) if len(tests) > 1 else None,
+            acc=mean, acc_std=std, split=split, **{f"{split}_acc": mean, f"{split}_acc_std": std},
             ref_train_acc=reference[0] if reference else None, ref_test_acc=reference[1] if reference else None,
-            test_delta=mean - reference[1] if reference and tests else None,
+            test_delta=mean - reference[1] if reference and accuracies else None,
             reference_source=VERSIONS[run.version].reference_source,
             seconds=statistics.fmean(summary["seconds"] for summary in summaries) if summaries else None,
-            status="; ".join(missing) or "ok", arm=arm_text(run)))
+            status="; ".join(missing) or "ok", arm=arm_text(run), settings=run.arm))
         if summaries:
             epochs = sorted({epoch for summary in summaries for epoch in summary["curve"]})
             curves.setdefault(DATASETS[run.dataset].title, {})[label] = (epochs, [
                 statistics.fmean(summary["curve"][epoch] for summary in summaries if epoch in summary["curve"])
                 for epoch in epochs])
     compared = compare_rows(rows)
-    columns = RESULT_COLUMNS + ["status", "arm"] + STATISTICS_COLUMNS
+    columns = RESULT_COLUMNS + ADDED_COLUMNS
     lines = [",".join(columns)] + [",".join(format_value(row.get(name), csv=True) for name in columns) for row in rows]
     write_text(results_dir / "results.csv", "\n".join(lines) + "\n")
     write_text(results_dir / "results.md", markdown_table(rows) + "\n")
@@ -226,12 +240,12 @@ def write_results(results_dir: Path, planned: list) -> list:
 def comparison_pairs(rows: list) -> list:
     """(row, the row it is compared with): in a sweep (rows with --set arms), each arm against the best arm of its
     version; in a ladder table, each version against the one before it in the table on the same dataset."""
-    scored = [row for row in rows if row["test_acc"] is not None]
+    scored = [row for row in rows if row["acc"] is not None]
     if any(row["arm"] for row in rows):
         pairs = []
         for version in dict.fromkeys(row["version"] for row in scored):
             arms = [row for row in scored if row["version"] == version]
-            best = max(arms, key=lambda row: row["test_acc"])
+            best = max(arms, key=lambda row: row["acc"])
             pairs += [(row, best) for row in arms if row is not best]
         return pairs
     return [(row, previous) for index, row in enumerate(scored)
@@ -249,7 +263,7 @@ def compare_rows(rows: list) -> list:
     for row in rows:
         interval = comparisons.interval_of_mean(list(row["per_seed"].values()))
         if interval:
-            row["test_acc_low"], row["test_acc_high"] = interval
+            row["acc_low"], row["acc_high"] = interval
     compared = []
     for row, other in comparison_pairs(rows):
         result = comparisons.paired_difference(row["per_seed"], other["per_seed"])
@@ -288,11 +302,12 @@ def format_value(value, csv: bool = False) -> str:
 
 
 def markdown_table(rows: list) -> str:
-    header = ("v", "dataset", "params", "epochs", "seeds", "train acc", "test acc (± std)", "reference train / test",
-              "test Δ", "seconds")
+    split = rows[0]["split"] if rows else "test"
+    header = ("v", "dataset", "params", "epochs", "seeds", "train acc", f"{split} acc (± std)",
+              "reference train / test", "test Δ", "seconds")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        test = format_value(row["test_acc"]) + (f" ± {row['test_acc_std']:.4f}" if row["test_acc_std"] else "")
+        test = format_value(row["acc"]) + (f" ± {row['acc_std']:.4f}" if row["acc_std"] else "")
         reference = "" if row["ref_test_acc"] is None else \
             f"{row['ref_train_acc']:.2f} / {row['ref_test_acc']:.2f}" + (
                 "" if row["reference_source"] == "seed" else f" ({row['reference_source']})")
@@ -315,10 +330,10 @@ def statistics_lines(rows: list) -> list:
     if not any(len(row["per_seed"]) > 1 for row in rows):
         return ["", "One seed per row: no interval or difference is claimed (several seeds give them, e.g. "
                     "--seeds 0-4)."]
-    lines = ["", "| row | seeds | mean test acc (95% interval) |", "|---|---|---|"]
-    lines += [f"| {row['label']} | {len(row['per_seed'])} | {row['test_acc']:.4f}"
-              + (f" [{row['test_acc_low']:.4f}, {row['test_acc_high']:.4f}]" if "test_acc_low" in row else "") + " |"
-              for row in rows if row["test_acc"] is not None]
+    lines = ["", f"| row | seeds | mean {rows[0]['split']} acc (95% interval) |", "|---|---|---|"]
+    lines += [f"| {row['label']} | {len(row['per_seed'])} | {row['acc']:.4f}"
+              + (f" [{row['acc_low']:.4f}, {row['acc_high']:.4f}]" if "acc_low" in row else "") + " |"
+              for row in rows if row["acc"] is not None]
     compared = [row for row in rows if "difference" in row]
     if compared:
         lines += ["", "| comparison | difference (95% interval, paired) | seeds paired | p | p (Holm) | significant |",

@@ -28,6 +28,7 @@ from state import TrainingState
 
 REFRESH_EVERY = 50
 TTA_NAMES = {"mirror": "mirror", "mirror+shift": "mirror and 1-pixel shifts"}
+SPLIT_TITLES = {"test": "Test", "val": "Val"}  # how an epoch's line names what it was tested on
 
 
 def uses_channels_last(model: nn.Module) -> bool:
@@ -115,7 +116,8 @@ def check_progress(state: TrainingState, window: torch.Tensor, seen: int, epoch:
         if why:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch had finished"
             raise Diverged(f"{why} in epoch {epoch} by step {step}; the run stopped and {kept}. Try a lower "
-                              f"learning rate, e.g. --lr {state.recipe.lr / 10:g}", shared=state.group.data_parallel)
+                           f"learning rate, e.g. {state.recipe.lr / 10:g} (--lr, or --set lr=)",
+                           shared=state.group.data_parallel)
     return read
 
 
@@ -229,7 +231,7 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     state.step_model = torch.compile(wrapped) if runtime.compile else wrapped
     say(f"Model Parameter Count: {count_parameters(model)}")
     say("Training...")
-    log = RunLog(folder, state.step)
+    log = RunLog(folder, state.step, run.identity.evaluated)
     test_split = splits.get(False) if not group.data_parallel else None
     try:
         for epoch in range(state.epoch + 1, recipe.epochs + 1):
@@ -238,39 +240,43 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
         log.close()
         if state.metrics:
             draw_curves(folder, run, state.metrics)
-    last = state.metrics[-1]
+    last, split = state.metrics[-1], run.identity.evaluated
+    title = SPLIT_TITLES[split]
+    held = f" ({run.identity.holdout:,} held-out training images)" if run.identity.holdout else ""
     say("Training complete!")
-    if "final_test_acc" in last:
-        say(f"Test Loss: {last['final_test_loss']:.4f} | Test Acc: {last['final_test_acc']:.4f} "
-            f"(test-time augmentation: {TTA_NAMES[recipe.tta]})")
+    if f"final_{split}_acc" in last:
+        say(f"{title} Loss: {last[f'final_{split}_loss']:.4f} | {title} Acc: {last[f'final_{split}_acc']:.4f} "
+            f"(test-time augmentation: {TTA_NAMES[recipe.tta]}){held}")
     else:
-        say(f"Test Loss: {last['test_loss']:.4f} | Test Acc: {last['test_acc']:.4f}")
+        say(f"{title} Loss: {last[f'{split}_loss']:.4f} | {title} Acc: {last[f'{split}_acc']:.4f}{held}")
     return state.metrics
 
 
 def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loader, test_loader, epoch: int,
               log: RunLog, test_split) -> None:
     """Train one epoch, test it when due (the last with test-time augmentation too, when the recipe has it), then
-    record it: TensorBoard, checkpoint, metrics.csv, and the epoch's line."""
+    record it: TensorBoard, checkpoint, metrics.csv, and the epoch's line. Under --holdout the tests are on the
+    held-out images and their numbers are val_* (test_* stay empty)."""
     recipe, runtime, quiet = run.recipe, run.runtime, run.runtime.quiet or not is_writer()
-    last, logged = epoch == recipe.epochs, dict(log.seconds)
+    last, logged, split = epoch == recipe.epochs, dict(log.seconds), run.identity.evaluated
     started = time.perf_counter()
     train_loss, train_acc, images = train_epoch(state, train_loader, epoch, quiet, log)
-    row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=None, test_acc=None, lr=state.lr)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": None, "test_acc": None,
+           "lr": state.lr, f"{split}_loss": None, f"{split}_acc": None}
     line = f"Epoch {epoch} / {recipe.epochs} | Train Loss: {train_loss:.4f} | Train Acc: {train_acc:.4f}"
     test = None
     if epoch % runtime.eval_every == 0 or last:
         test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, group=state.group,
                         keep_outputs=last and recipe.tta == "none" and test_split is not None and folder.writer)
-        row.update(test_loss=test.loss, test_acc=test.accuracy)
-        line += f" | Test Loss: {test.loss:.4f} | Test Acc: {test.accuracy:.4f}"
+        row.update({f"{split}_loss": test.loss, f"{split}_acc": test.accuracy})
+        line += f" | {SPLIT_TITLES[split]} Loss: {test.loss:.4f} | {SPLIT_TITLES[split]} Acc: {test.accuracy:.4f}"
     row["seconds"] = round(time.perf_counter() - started, 3)
     if last and recipe.tta != "none":
         started = time.perf_counter()
         test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, tta=recipe.tta,
                         group=state.group, keep_outputs=test_split is not None and folder.writer)
-        row.update(final_test_loss=test.loss, final_test_acc=test.accuracy, tta=recipe.tta,
-                   final_test_seconds=round(time.perf_counter() - started, 3))
+        row.update({f"final_{split}_loss": test.loss, f"final_{split}_acc": test.accuracy, "tta": recipe.tta,
+                    f"final_{split}_seconds": round(time.perf_counter() - started, 3)})
     state.epoch = epoch
     log.epoch(state.step, row, images)
     if last and folder.writer:
@@ -294,7 +300,7 @@ def finish_log(log: RunLog, run: RunConfig, state: TrainingState, row: dict, tes
         mistakes = plots.mistakes_figure(test_split.images, test_split.labels,
                                          plots.select_mistakes(test.outputs, test_split.labels), state.classes,
                                          f"{title}: the most confident mistakes")
-    final = {"hparam/test_accuracy": test.accuracy, "hparam/train_accuracy": row["train_acc"]}
+    final = {f"hparam/{run.identity.evaluated}_accuracy": test.accuracy, "hparam/train_accuracy": row["train_acc"]}
     log.finish(state.step, hyperparameters(run), final, plots.confusion_figure(test.confusion, state.classes, title),
                mistakes)
 
@@ -304,5 +310,6 @@ def draw_curves(folder: RunFolder, run: RunConfig, metrics: list) -> None:
     from configs import VERSIONS
 
     reference = VERSIONS[run.version].reference
+    split = run.identity.evaluated  # a reference is a test accuracy: no line for one on held-out images
     folder.write_picture(CURVES, lambda f: plots.save(plots.curves_figure(
-        metrics, reference[1] if reference else None, f"Version {run.version}"), f))
+        metrics, reference[1] if reference and split == "test" else None, f"Version {run.version}", split), f))

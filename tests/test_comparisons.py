@@ -72,7 +72,7 @@ def test_a_table_over_seeds_reports_intervals_and_paired_differences(cli, mnist_
     assert code == 0, err
     first, second, third = results_rows(table)
     for row in (first, second, third):
-        assert float(row["test_acc_low"]) <= float(row["test_acc"]) <= float(row["test_acc_high"])
+        assert float(row["acc_low"]) <= float(row["test_acc"]) <= float(row["acc_high"])
     assert first["compared_with"] == second["compared_with"] == ""  # v1 is MNIST; v2 the first on Fashion-MNIST
     assert third["compared_with"] == "v2" and third["paired_seeds"] == "3"
     assert float(third["difference"]) == pytest.approx(float(third["test_acc"]) - float(second["test_acc"]), abs=1e-4)
@@ -103,5 +103,5 @@ def test_one_seed_per_row_claims_no_interval(cli, mnist_dir, tmp_path):
     code, out, err = cli("1,3", "--epochs", 1, "--data-dir", mnist_dir, "--out", table, "--quiet")
     assert code == 0, err
     assert "One seed per row: no interval or difference is claimed" in out
-    assert all(row["test_acc_low"] == "" and row["difference"] == "" for row in results_rows(table))
+    assert all(row["acc_low"] == "" and row["difference"] == "" for row in results_rows(table))
     assert not (table / "differences.png").exists()

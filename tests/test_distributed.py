@@ -53,6 +53,21 @@ def test_two_processes_train_the_mlp_as_one_process_does(tmp_path):
     assert two.stdout.count("Epoch 2 / 2") == 1 and two.stdout.splitlines()[-1] == f"Run folder: {tmp_path / 'two'}"
 
 
+def test_two_processes_hold_out_the_same_images_and_validate_as_one_process_does(tmp_path):
+    data = make_mnist(tmp_path / "data", train=199)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (data / "MNIST" / "raw" / name).write_bytes(b"damaged")  # never read under --holdout
+    common = ("1", "--holdout", 39, "--epochs", 2, "--batch-size", 32, "--lr", 0.05, "--data-dir", data, "--device",
+              "cpu")
+    two = torchrun(*common, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr
+    one = alone(*common, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    for split, other in zip(metrics(tmp_path / "two"), metrics(tmp_path / "one")):
+        assert split["val_acc"] == other["val_acc"] and split["test_acc"] == "" and float(split["val_acc"]) > 0
+        assert float(split["val_loss"]) == pytest.approx(float(other["val_loss"]), rel=1e-4)
+
+
 def test_two_processes_on_a_batchnorm_version_write_one_folder_test_everything_and_resume_exactly(tmp_path):
     folder = make_image_folder(tmp_path / "images", train=48, test=31)  # shares of 16 and 15 test images
     common = ("7", "--batch-size", 16, "--image-folder", folder)

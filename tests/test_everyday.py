@@ -27,11 +27,11 @@ def read_scalars(path) -> dict:
             for tag in accumulator.Tags()["scalars"]}
 
 
-def assert_log_matches_metrics(run):
+def assert_log_matches_metrics(run, split: str = "test"):
     scalars = read_scalars(run)
     rows = read_metrics(run)
-    for tag, column in (("train/loss", "train_loss"), ("train/accuracy", "train_acc"), ("test/loss", "test_loss"),
-                        ("test/accuracy", "test_acc"), ("lr", "lr"), ("time/epoch_seconds", "seconds")):
+    for tag, column in (("train/loss", "train_loss"), ("train/accuracy", "train_acc"), (f"{split}/loss", f"{split}_loss"),
+                        (f"{split}/accuracy", f"{split}_acc"), ("lr", "lr"), ("time/epoch_seconds", "seconds")):
         values = [value for _, value in scalars[tag]]
         assert values == [np.float32(float(row[column])) for row in rows], tag
     steps = [step for step, _ in scalars["train/loss"]]
@@ -45,6 +45,15 @@ def test_tensorboard_events_equal_metrics_csv(cli, mnist_dir, tmp_path):
     assert code == 0, err
     assert_log_matches_metrics(run)
     assert (run / "hparams").is_dir()
+
+
+def test_tensorboard_shows_a_held_out_runs_validation_and_no_test(cli, mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = cli("1", "--holdout", 40, "--epochs", 2, "--batch-size", 16, "--data-dir", mnist_dir, "--out", run,
+                       "--quiet")
+    assert code == 0, err
+    assert_log_matches_metrics(run, "val")
+    assert not any(tag.startswith("test/") for tag in read_scalars(run))
 
 
 FAULT = """

@@ -1,6 +1,7 @@
 """README documents every flag the parser has, and every documented flag that can run on a CPU runs to success;
 where success alone would not show the flag at work, a probe checks its effect."""
 import io
+import json
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 import console
 import main
 import train
-from conftest import ROOT, make_image_folder, make_mnist, watch_output_dtypes
+from conftest import ROOT, make_image_folder, make_mnist, read_metrics, watch_output_dtypes
 
 CUDA_ONLY = {"--sync-bn"}
 
@@ -48,6 +49,8 @@ def flag_runs(tmp_path, data) -> dict:
         "--lr": base + ["--lr", "0.05"],
         "--seed": base + ["--seed", "7"],
         "--seeds": base + ["--seeds", "0,1"],
+        "--holdout": base + ["--holdout", "20"],
+        "--holdout-seed": base + ["--holdout", "20", "--holdout-seed", "3"],
         "--device": base + ["--device", "cpu"],
         "--data-dir": base,
         "--image-folder": ["6", "--epochs", "1", "--image-folder", folder, "--resize", "--quiet"],
@@ -103,6 +106,10 @@ def probe(flag: str, monkeypatch, tmp_path):
         return lambda: len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test split
     if flag == "--set":
         return lambda: torch.load(tmp_path / "out" / "checkpoint.pt")["model"]["net.1.weight"].shape == (50, 784)
+    if flag == "--holdout":
+        return lambda: read_metrics(tmp_path / "out")[-1]["val_acc"] != ""
+    if flag == "--holdout-seed":
+        return lambda: json.loads((tmp_path / "out" / "config.json").read_text())["holdout_seed"] == 3
     if flag == "--quiet":
         terminal = Terminal()
         monkeypatch.setattr(console, "sys", types.SimpleNamespace(stderr=terminal))

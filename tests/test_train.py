@@ -41,7 +41,8 @@ def test_a_run_prints_the_seed_output_and_writes_its_record(cli, mnist_dir, tmp_
     assert lines[6] == f"Run folder: {tmp_path / 'run'}"
     run = tmp_path / "run"
     rows = metrics_of(run)
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "val_loss",
+                            "val_acc"]
     assert [row["epoch"] for row in rows] == ["1", "2"]
     config = json.loads((run / "config.json").read_text())
     assert config["version"] == 1 and config["seed"] == 0 and config["device"] == str(resolve_device("auto"))
@@ -204,8 +205,8 @@ def test_table_of_two_versions_writes_results_and_skips_them_next_time(cli, mnis
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["version", "dataset", "params", "epochs", "seeds", "train_acc", "test_acc",
                              "test_acc_std", "ref_train_acc", "ref_test_acc", "test_delta", "seconds", "status",
-                             "arm", "test_acc_low", "test_acc_high", "compared_with", "difference", "difference_low",
-                             "difference_high", "paired_seeds", "p_value", "p_holm", "significant"]
+                             "arm", "val_acc", "val_acc_std", "acc_low", "acc_high", "compared_with", "difference",
+                             "difference_low", "difference_high", "paired_seeds", "p_value", "p_holm", "significant"]
     assert [row["status"] for row in rows] == ["ok", "ok"]
     assert [(row["version"], row["params"], row["epochs"]) for row in rows] == [("1", "79510", "2"),
                                                                                  ("3", "9402", "2")]
