@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import ablations
 import holdout
 import overrides
 from configs import VERSIONS
@@ -140,7 +141,12 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("give --seed or --seeds, not both")
     if args.resize and not args.image_folder:
         parser.error("--resize resizes the images of an --image-folder: give one")
-    args.arms = checked_arms(parser, args, args.loader == "torchvision")
+    if args.ablate:
+        args.ablation = checked_ablation(parser, args, args.loader == "torchvision")
+        args.arms = [{}] if not args.set else overrides.grid(overrides.parse_assignments(args.set))
+        args.versions = sorted({arm.version for arm in args.ablation})
+    else:
+        args.arms = checked_arms(parser, args, args.loader == "torchvision")
     args.folder_versions = set()
     if args.image_folder:
         check_image_folder(parser, args.image_folder, holdout=bool(args.holdout))
@@ -171,6 +177,39 @@ def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace, clas
             except overrides.SetError as error:
                 words = " ".join(overrides.arm_words(arm))
                 parser.error(f"version {version}{' with ' + words if words else ''}: {error}")
+    return arms
+
+
+def checked_ablation(parser: argparse.ArgumentParser, args: argparse.Namespace, classic_loader: bool) -> list:
+    """The arms of `ablate V` (ablations.Arm), each checked with the --set settings given, which must hold one
+    value each and leave alone the fields V's ideas move."""
+    version = args.versions[0]
+    try:
+        assignments = overrides.parse_assignments(args.set or [])
+    except overrides.SetError as error:
+        parser.error(str(error))
+    for name in given(Recipe, vars(args)):
+        if name != "epochs" and ablations.moves(version, name):
+            parser.error(f"--{name.replace('_', '-')}: ablate {version} moves {name} itself (see: main.py list); "
+                         "leave it out")
+    for name, values in assignments.items():
+        if len(values) > 1:
+            parser.error(f"--set {name}: ablate takes one value per field (its arms are the ideas); sweep it with "
+                         "main.py VERSIONS --set instead")
+        if ablations.moves(version, name):
+            idea = next(idea for idea, settings in VERSIONS[version].ideas.items()
+                        if name in settings or (name.startswith(overrides.MODEL_PREFIX) and "model" in settings))
+            parser.error(f"--set {name}: ablate {version} moves {name} itself (idea: {idea}): leave it "
+                         "out")
+    arms = ablations.plan(version, args.add)
+    settings = overrides.grid(assignments)[0]
+    flags = given(Recipe, vars(args))
+    for arm in arms:
+        try:
+            recipe = overrides.arm_recipe(arm.recipe, flags, settings)
+            overrides.check_recipe(recipe, VERSIONS[arm.version].dataset, classic_loader)
+        except overrides.SetError as error:
+            parser.error(f"ablate {version}, arm v{arm.version} {arm.idea or '(its own recipe)'}: {error}")
     return arms
 
 

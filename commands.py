@@ -61,8 +61,10 @@ def check_devices(parser, args) -> None:
         device_or_error(parser, name, bool(args.amp))
 
 
-def run_config(version: int, args, seed: int, device, group, arm: dict) -> RunConfig:
-    """A version's run as the command line asks for it, in one arm of its --set settings."""
+def run_config(version: int, args, seed: int, device, group, arm: dict, base: Recipe | None = None,
+               idea: str = "") -> RunConfig:
+    """A version's run as the command line asks for it, in one arm of its --set settings; an ablation's arm
+    starts from its own recipe (`base`) instead of the version's."""
     from data import DataSource, data_identity
 
     row, values = VERSIONS[version], vars(args)
@@ -76,9 +78,9 @@ def run_config(version: int, args, seed: int, device, group, arm: dict) -> RunCo
                          "world_size": group.size})
     source = DataSource(row.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir,
                         identity.get("resize", False), identity.get("holdout", 0))
-    return RunConfig(version, row.dataset, overrides.arm_recipe(row.recipe, changes, arm),
+    return RunConfig(version, row.dataset, overrides.arm_recipe(base or row.recipe, changes, arm),
                      RunIdentity(**identity, data=data_identity(source)), runtime,
-                     {**changes, **arm, **given(RunIdentity, values)}, arm)
+                     {**changes, **arm, **given(RunIdentity, values)}, arm, idea)
 
 
 def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, sync_bn: bool):
@@ -113,14 +115,17 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         return
     device = device_or_error(parser, args.device or "auto", bool(args.amp))
     seeds = args.seeds or [args.seed or 0]
-    # --seeds and sweeps write a results folder, even of one run
-    several = len(args.versions) > 1 or len(args.arms) > 1 or args.seeds is not None
-    batch_sizes = {arm.get("batch_size") or args.batch_size or VERSIONS[version].recipe.batch_size
-                   for version in args.versions for arm in args.arms}
+    # --seeds, sweeps and ablations write a results folder, even of one run
+    several = len(args.versions) > 1 or len(args.arms) > 1 or args.seeds is not None or args.ablate
+    # (version, its recipe, the ablation's idea) for each arm of the --set grid
+    bases = [(arm.version, arm.recipe, arm.idea) for arm in args.ablation] if args.ablate else \
+        [(version, VERSIONS[version].recipe, "") for version in args.versions]
+    batch_sizes = {arm.get("batch_size") or args.batch_size or recipe.batch_size for _, recipe, _ in bases
+                   for arm in args.arms}
     group = join_processes(parser, args, device, not several, batch_sizes, bool(args.sync_bn))
     progress.marker = distributed.failure_marker(args.out)
-    runs = [run_config(version, args, seed, device, group, arm) for version in args.versions for arm in args.arms
-            for seed in seeds]
+    runs = [run_config(version, args, seed, device, group, arm, recipe, idea) for version, recipe, idea in bases
+            for arm in args.arms for seed in seeds]
     if not several:
         train_one(runs[0], args, group, progress)
         return
@@ -140,7 +145,7 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     distributed.everyone("waiting for the table's other runs", None)
     if distributed.is_writer():
         chosen = (lambda row: whole_split_command(args, row)) if args.holdout and len(args.arms) > 1 else None
-        results.report(results_dir, planned, chosen)
+        results.report(results_dir, planned, chosen, baseline=runs[0] if args.ablate else None)
 
 
 def whole_split_command(args, row: dict) -> str:

@@ -1,44 +1,66 @@
-"""The version table: one row per step of the ablation ladder. A row names its dataset, its recipe (only what
-differs from the seed's: see settings.Recipe), its exact parameter count, the accuracies it is compared with and
-what it shows."""
+"""The ladder of ideas: each row grows from the row before it (its parent) by the ideas it names, each a named
+group of recipe settings in --set's notation, and its recipe follows from its parent's and its ideas (see
+settings.Recipe for the seed's defaults, which row 1 keeps). Only the number of epochs is a row's own, and a change
+of dataset is no idea: `python main.py ablate V` takes V's ideas out one at a time, on V's dataset.
+
+A row also names its exact parameter count, the accuracies it is compared with and what it shows."""
+from dataclasses import replace
+
+from overrides import apply
 from settings import Recipe, Version
 
-ADAM = dict(optimizer="adam", lr=1e-3)
-WIDE_BN = dict(width=32, hidden=256, batch_norm=True)
-AUGMENT = dict(crop_padding=4, flip="random")
-MODERN = dict(normalize=True, optimizer="sgd", momentum=0.9, nesterov=True, label_smoothing=0.2,
-              warmup_start=0.2, warmup_fraction=0.23, final_lr_factor=0.07)
-AIRBENCH = dict(MODERN, lr=1.5, momentum=0.85, weight_decay=0.0153 / 11.5, norm_bias_lr_scale=64, batch_size=1024,
-                drop_last=True, epochs=10)
+VERSIONS: dict = {}
 
-VERSIONS = {v.number: v for v in [
-    Version(1, "mnist", Recipe("MLP"), 79510, (0.95, 0.95),
-            "We start with a simple MLP on MNIST"),
-    Version(2, "fashion_mnist", Recipe("MLP"), 79510, (0.87, 0.85),
-            "MLP on MNIST is already good, so switch to Fashion-MNIST where there is room to improve"),
-    Version(3, "fashion_mnist", Recipe("SmallConvNet"), 9402, (0.88, 0.87),
-            "A simple conv-net exploits spatial correlation: more accuracy with fewer params"),
-    Version(4, "fashion_mnist", Recipe("WideConvNet"), 963338, (0.90, 0.89),
-            "An over-powered model tries to overfit, but with SGD it doesn't"),
-    Version(5, "fashion_mnist", Recipe("WideConvNet", **ADAM), 963338, (0.99, 0.92),
-            "Just switching to Adam overfits, yet test accuracy is good too"),
-    Version(6, "cifar10", Recipe("ConvNet4", dict(width=8, hidden=32), **ADAM), 33466, (0.75, 0.66),
-            "A simple conv-net on CIFAR-10 doesn't fit even the train set"),
-    Version(7, "cifar10", Recipe("ConvNet4", dict(width=8, hidden=32, batch_norm=True), **ADAM), 33706, (0.87, 0.66),
-            "Batch normalization fixes the vanishing gradient and improves learning"),
-    Version(8, "cifar10", Recipe("ConvNet4", WIDE_BN, **ADAM), 655882, (0.99, 0.76),
-            "A bigger conv-net overfits the dataset"),
-    Version(9, "cifar10", Recipe("ConvNet4", dict(WIDE_BN, dropout=0.5), **ADAM), 655882, (0.95, 0.81),
-            "Dropout trades some train accuracy for better test accuracy"),
-    Version(10, "cifar10", Recipe("ConvNet4", dict(WIDE_BN, dropout=0.5), **ADAM, **AUGMENT), 655882, (0.8214, 0.8128),
-            "Random crops and flips, made on the device, stop the overfitting", "ours"),
-    Version(11, "cifar10", Recipe("ConvNet4", dict(WIDE_BN, dropout=0.5), **AUGMENT, **MODERN, lr=0.4,
-                                  weight_decay=5e-4, batch_size=512, epochs=23), 655882, (0.8564, 0.8437),
-            "A modern recipe: normalised inputs, Nesterov SGD, weight decay, label smoothing, a warm-up schedule",
-            "ours"),
-    Version(12, "cifar10", Recipe("AirbenchNet", **AIRBENCH, **AUGMENT), 1960384, (0.9032, 0.8800),
-            "A network built for 32x32 images learns far more per second", "ours"),
-    Version(13, "cifar10", Recipe("AirbenchNet", **AIRBENCH, whitening=True, crop_padding=2, flip="alternating",
-                                  lookahead_from=3, tta="mirror+shift"), 1972792, (0.9534, 0.9071),
-            "Patch whitening, alternating flips, lookahead and test-time augmentation", "ours"),
-]}
+
+def rung(number: int, dataset: str, ideas: dict, params: int, reference: tuple, remark: str,
+         reference_source: str = "seed", epochs: int | None = None) -> None:
+    """Add row `number` to the ladder: the row before it with `ideas` applied (row 1: the seed's recipe)."""
+    parent = number - 1 if number > 1 else None
+    recipe = VERSIONS[parent].recipe if parent else Recipe("MLP")
+    recipe = apply(recipe, {name: value for settings in ideas.values() for name, value in settings.items()})
+    if epochs:
+        recipe = replace(recipe, epochs=epochs)
+    VERSIONS[number] = Version(number, dataset, recipe, params, reference, remark, reference_source, parent, ideas)
+
+
+rung(1, "mnist", {}, 79510, (0.95, 0.95), "We start with a simple MLP on MNIST")
+rung(2, "fashion_mnist", {}, 79510, (0.87, 0.85),
+     "MLP on MNIST is already good, so switch to Fashion-MNIST where there is room to improve")
+rung(3, "fashion_mnist", {"small conv-net": {"model": "SmallConvNet"}}, 9402, (0.88, 0.87),
+     "A simple conv-net exploits spatial correlation: more accuracy with fewer params")
+rung(4, "fashion_mnist", {"wide conv-net": {"model": "WideConvNet"}}, 963338, (0.90, 0.89),
+     "An over-powered model tries to overfit, but with SGD it doesn't")
+rung(5, "fashion_mnist", {"Adam": {"optimizer": "adam", "lr": 1e-3}}, 963338, (0.99, 0.92),
+     "Just switching to Adam overfits, yet test accuracy is good too")
+rung(6, "cifar10", {"4-layer conv-net": {"model": "ConvNet4", "model.width": 8, "model.hidden": 32}}, 33466,
+     (0.75, 0.66), "A simple conv-net on CIFAR-10 doesn't fit even the train set")
+rung(7, "cifar10", {"batch norm": {"model.batch_norm": True}}, 33706, (0.87, 0.66),
+     "Batch normalization fixes the vanishing gradient and improves learning")
+rung(8, "cifar10", {"wider": {"model.width": 32, "model.hidden": 256}}, 655882, (0.99, 0.76),
+     "A bigger conv-net overfits the dataset")
+rung(9, "cifar10", {"dropout": {"model.dropout": 0.5}}, 655882, (0.95, 0.81),
+     "Dropout trades some train accuracy for better test accuracy")
+rung(10, "cifar10", {"random crops": {"crop_padding": 4}, "random flips": {"flip": "random"}}, 655882,
+     (0.8214, 0.8128), "Random crops and flips, made on the device, stop the overfitting", "ours")
+rung(11, "cifar10", {
+    "normalised inputs": {"normalize": True},
+    "Nesterov SGD": {"optimizer": "sgd", "lr": 0.4, "momentum": 0.9, "nesterov": True},
+    "weight decay": {"weight_decay": 5e-4},
+    "label smoothing": {"label_smoothing": 0.2},
+    "batch 512": {"batch_size": 512},
+    "schedule": {"warmup_start": 0.2, "warmup_fraction": 0.23, "final_lr_factor": 0.07},
+}, 655882, (0.8564, 0.8437),
+    "A modern recipe: normalised inputs, Nesterov SGD, weight decay, label smoothing, a warm-up schedule", "ours",
+    epochs=23)
+rung(12, "cifar10", {
+    "airbench network": {"model": "AirbenchNet"},
+    "airbench optimiser": {"lr": 1.5, "momentum": 0.85, "weight_decay": 0.0153 / 11.5, "norm_bias_lr_scale": 64},
+    "batch 1024": {"batch_size": 1024, "drop_last": True},
+}, 1960384, (0.9032, 0.8800), "A network built for 32x32 images learns far more per second", "ours", epochs=10)
+rung(13, "cifar10", {
+    "whitening": {"whitening": True},
+    "translation by 2": {"crop_padding": 2},
+    "alternating flips": {"flip": "alternating"},
+    "lookahead": {"lookahead_from": 3},
+    "test-time augmentation": {"tta": "mirror+shift"},
+}, 1972792, (0.9534, 0.9071), "Patch whitening, alternating flips, lookahead and test-time augmentation", "ours")

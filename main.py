@@ -9,6 +9,7 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
+import ablations
 import checks
 import overrides
 from configs import VERSIONS
@@ -24,6 +25,7 @@ EXAMPLES = """commands:
   main.py VERSIONS [options]           train and test: 9 | 1,3 | 6-9 | 1,3,6-9 | all
   main.py list                         the version table
   main.py fields                       every recipe field --set can give: type, default, values, versions
+  main.py ablate V [--add]             V, V without each of its ideas, and its parent (see main.py ablate -h)
   main.py --resume RUN_DIR [--epochs N] continue a run (a larger N extends a finished one)
   main.py eval RUN_DIR                 test a saved run: per-class accuracy and confusion.png
   main.py predict RUN_DIR IMAGE...     top-3 classes for each image
@@ -95,13 +97,40 @@ def add_setting(group, setting) -> None:
                            help=meta["help"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="main.py", usage="%(prog)s [VERSIONS | list | fields | eval RUN_DIR | predict RUN_DIR IMAGE...] [options]",
-        description="Train and test the versions of the image-classification ablation ladder.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("versions", nargs="?", type=version_list, metavar="VERSIONS",
-                        help=f"versions to run: 9, 1,3, 6-9, 1,3,6-9 or all ({min(VERSIONS)}-{max(VERSIONS)})")
+def one_version(text: str) -> list[int]:
+    """A version that `ablate` can take apart, as a one-item version list."""
+    versions = version_list(text)
+    if len(versions) != 1:
+        raise argparse.ArgumentTypeError(f"'{text}': ablate takes one version")
+    try:
+        ablations.check_ablatable(versions[0])
+    except overrides.SetError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return versions
+
+
+def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
+    """The training command's parser; with `ablate`, that of `main.py ablate V`, which takes one version."""
+    if ablate:
+        parser = Parser(prog="main.py ablate", usage="%(prog)s V [--add] [options]", description=(
+            "Test the ideas a version adds to its parent (see: main.py list): V, V without each idea, and the "
+            "parent; with --add, the parent and the parent with each idea alone. Every arm trains for V's epochs "
+            "into one results folder, and each is compared with V (with --add, with the parent)."),
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("versions", type=one_version, metavar="V", help="the version whose ideas to test (3-5, "
+                            "7-13: those whose parent trains on the same dataset)")
+        parser.add_argument("--add", action="store_true", help="add each idea alone to the parent instead of "
+                            "taking it out of V")
+    else:
+        parser = Parser(
+            prog="main.py", usage="%(prog)s [VERSIONS | list | fields | ablate V | eval RUN_DIR | "
+            "predict RUN_DIR IMAGE...] [options]",
+            description="Train and test the versions of the image-classification ablation ladder.",
+            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("versions", nargs="?", type=version_list, metavar="VERSIONS",
+                            help=f"versions to run: 9, 1,3, 6-9, 1,3,6-9 or all ({min(VERSIONS)}-{max(VERSIONS)})")
+        parser.set_defaults(add=False)
+    parser.set_defaults(ablate=ablate)
     for kind in SETTINGS:
         group = parser.add_argument_group(GROUP_TITLES[kind])
         for setting in flag_fields(kind):
@@ -188,7 +217,14 @@ def version_table() -> str:
         footer += f"; for {', '.join(map(str, ours))} our own full runs on the CIFAR-10 JPEG copy (see README.md)"
     if len(ours) + len(seed_rows) < len(VERSIONS):
         footer += "; - : not measured yet"
-    return "\n".join(lines) + "\n" + footer + ")"
+    ideas = ["", "Each row's ideas over its parent (main.py ablate V takes them out one at a time):"]
+    for row in VERSIONS.values():
+        if row.parent is None:
+            continue
+        change = "" if VERSIONS[row.parent].dataset == row.dataset else f"on {DATASETS[row.dataset].title}; "
+        named = "; ".join(f"{idea} ({' '.join(overrides.arm_words(settings))})" for idea, settings in row.ideas.items())
+        ideas.append(f"  {row.number:>2} = {row.parent} + {change}{named or 'no new idea'}")
+    return "\n".join(lines) + "\n" + footer + ")\n" + "\n".join(ideas)
 
 
 def fields_table() -> str:
@@ -240,8 +276,9 @@ def main(argv: list | None = None) -> int:
             import commands
 
             return commands.guarded(lambda progress: commands.run_saved(parser, args, argv[0]))
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        ablate = argv[0] == "ablate"
+        parser = build_parser(ablate)
+        args = parser.parse_args(argv[1:] if ablate else argv)
         checks.check_training_args(parser, args)
         processes = checks.process_count(parser, args)
         import commands

@@ -56,7 +56,8 @@ def results_figure(curves: dict):
 def differences_figure(comparisons: list):
     """One bar per comparison: the difference of mean accuracy with its 95% interval (paired by seed), zero marked.
     comparisons: [(label, difference, low, high)]."""
-    figure, axis = plt.subplots(figsize=(7, 0.5 * len(comparisons) + 1.5))
+    longest = max(len(label) for label, _, _, _ in comparisons)  # room for the labels beside a plot 5 inches wide
+    figure, axis = plt.subplots(figsize=(5 + 0.08 * longest, 0.5 * len(comparisons) + 1.5))
     positions = range(len(comparisons))
     differences = [difference for _, difference, _, _ in comparisons]
     errors = [[difference - low for _, difference, low, _ in comparisons],

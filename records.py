@@ -96,7 +96,7 @@ def config_from_record(saved: dict) -> RunConfig:
         except RunnerError:
             saved = {**saved, "data": {"dataset": saved["dataset"], "image_folder": {"path": runtime.image_folder}}}
     return RunConfig(saved["version"], saved["dataset"], recipe, from_record(RunIdentity, saved), runtime,
-                     dict(saved.get("overrides", {})), dict(saved.get("arm", {})))
+                     dict(saved.get("overrides", {})), dict(saved.get("arm", {})), saved.get("idea", ""))
 
 
 class RunFolder:
@@ -166,7 +166,7 @@ class RunFolder:
             return
         record = {"format": CONFIG_FORMAT, "tool": TOOL, "version": run.version, "dataset": run.dataset,
                   **asdict(run.recipe), **asdict(run.identity), **asdict(run.runtime), "overrides": run.overrides,
-                  "arm": run.arm,
+                  "arm": run.arm, "idea": run.idea,
                   **facts, "torch": torch.__version__, "torchvision": installed_version("torchvision"),
                   "python": sys.version.split()[0], "written": datetime.now().isoformat(timespec="seconds")}
         write_text(self / CONFIG, json.dumps(record, indent=2) + "\n")

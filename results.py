@@ -25,8 +25,9 @@ RESULT_COLUMNS = ["version", "dataset", "params", "epochs", "seeds", "train_acc"
 
 
 def arm_label(run: RunConfig) -> str:
-    """The run's version and --set settings, as in its folder's name: v9-lr=0.1-weight_decay=0.001."""
-    return "-".join([f"v{run.version}", *arm_words(run.arm)])
+    """The run's version, ablation idea and --set settings, as in its folder's name: v9-lr=0.1-weight_decay=0.001,
+    v13-without-lookahead."""
+    return "-".join([f"v{run.version}", *run.idea.split(), *arm_words(run.arm)])
 
 
 def run_name(run: RunConfig, seeds_given: bool) -> str:
@@ -34,12 +35,14 @@ def run_name(run: RunConfig, seeds_given: bool) -> str:
 
 
 def arm_text(run: RunConfig) -> str:
-    """The run's --set settings as the tables show them: lr=0.1 weight_decay=0.001 ('' for a version's own)."""
-    return " ".join(arm_words(run.arm))
+    """The run's ablation idea and --set settings as the tables show them: "without lookahead", "lr=0.1
+    weight_decay=0.001" ('' for a version's own)."""
+    return " ".join([run.idea, *arm_words(run.arm)]).strip()
 
 
 def describe(run: RunConfig) -> str:
-    return f"Version {run.version}" + (f" ({arm_text(run)})" if run.arm else "") + f", seed {run.identity.seed}"
+    return f"Version {run.version}" + (f" ({arm_text(run)})" if arm_text(run) else "") + \
+        f", seed {run.identity.seed}"
 
 
 def claim_results_folder(path: Path) -> None:
@@ -132,12 +135,12 @@ def run_table(planned: list, force: bool, train, after_each_run=None, fail_fast:
             after_each_run()
 
 
-def report(results_dir: Path, planned: list, whole_split_command=None) -> list:
+def report(results_dir: Path, planned: list, whole_split_command=None, baseline: RunConfig | None = None) -> list:
     """Write results.md, .csv and .png and print the table; returns its rows. With whole_split_command (a sweep
     on held-out images), also which row is best there and the command that trains it on the whole training split
     and tests it. A planned run without a result at the table's epochs is a failure (RunnerError) naming it,
-    after the table that shows why in its status."""
-    rows = write_results(results_dir, planned)
+    after the table that shows why in its status. baseline: the arm every other is compared with (an ablation)."""
+    rows = write_results(results_dir, planned, baseline)
     print("\n" + markdown_table(rows))
     scored = [row for row in rows if row["acc"] is not None]
     if whole_split_command and scored:
@@ -176,7 +179,7 @@ def run_summary(folder: RunFolder, epochs: int, split: str = "test") -> tuple[di
                 curve={row["epoch"]: row[key] for row in tested}), "ok"
 
 
-def write_results(results_dir: Path, planned: list) -> list:
+def write_results(results_dir: Path, planned: list, baseline: RunConfig | None = None) -> list:
     """A row per arm planned (a version, with its --set settings), from the runs that have a result at the table's
     epochs; `status` says "ok" or which runs have none and why, so a row is never left out silently."""
     runs, run_lines = {}, [",".join(RUN_COLUMNS)]
@@ -192,11 +195,10 @@ def write_results(results_dir: Path, planned: list) -> list:
     for outcomes in runs.values():
         run = outcomes[0][0]
         label = f"v{run.version} {arm_text(run)}".rstrip()  # the row's name in the tables
+        reference = VERSIONS[run.version].reference if not arm_text(run) and split == "test" else None
         summaries = [summary for _, _, summary, _ in outcomes if summary]
         missing = [f"seed {other.identity.seed}: {status}" for other, _, summary, status in outcomes if not summary]
         accuracies = [summary["acc"] for summary in summaries]
-        # a reference is measured for a version's own recipe, on the test split
-        reference = VERSIONS[run.version].reference if not run.arm and split == "test" else None
         folder_name = run.runtime.image_folder and Path(run.runtime.image_folder).name
         mean = statistics.fmean(accuracies) if accuracies else None
         std = statistics.stdev(accuracies) if len(accuracies) > 1 else None
@@ -212,7 +214,8 @@ def write_results(results_dir: Path, planned: list) -> list:
             test_delta=mean - reference[1] if reference and accuracies else None,
             reference_source=VERSIONS[run.version].reference_source,
             seconds=statistics.fmean(summary["seconds"] for summary in summaries) if summaries else None,
-            status="; ".join(missing) or "ok", arm=arm_text(run), settings=run.arm))
+            status="; ".join(missing) or "ok", arm=arm_text(run), settings=run.arm,
+            baseline=baseline is not None and arm_label(run) == arm_label(baseline)))
         if summaries:
             epochs = sorted({epoch for summary in summaries for epoch in summary["curve"]})
             curves.setdefault(DATASETS[run.dataset].title, {})[label] = (epochs, [
@@ -238,9 +241,12 @@ def write_results(results_dir: Path, planned: list) -> list:
 
 
 def comparison_pairs(rows: list) -> list:
-    """(row, the row it is compared with): in a sweep (rows with --set arms), each arm against the best arm of its
-    version; in a ladder table, each version against the one before it in the table on the same dataset."""
+    """(row, the row it is compared with): in an ablation, each arm against its baseline row; in a sweep (rows
+    with --set arms), each arm against the best arm of its version; in a ladder table, each version against the one
+    before it in the table on the same dataset."""
     scored = [row for row in rows if row["acc"] is not None]
+    if any(row["baseline"] for row in rows):
+        return [(row, base) for base in scored if base["baseline"] for row in scored if row is not base]
     if any(row["arm"] for row in rows):
         pairs = []
         for version in dict.fromkeys(row["version"] for row in scored):
@@ -284,7 +290,7 @@ def compare_rows(rows: list) -> list:
 
 def parameter_count(run: RunConfig, folders: list) -> int | None:
     """The version's count, or for an arm that changes the recipe, what its runs counted (None before any ran)."""
-    if not run.arm:
+    if not arm_text(run):
         return VERSIONS[run.version].params
     for folder in folders:
         if (folder / "config.json").exists():

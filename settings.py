@@ -265,7 +265,9 @@ def default_cache_dir() -> str:
 
 @dataclass(frozen=True)
 class Version:
-    """A row of the ladder: its dataset, recipe, exact parameter count and the accuracies it is compared with."""
+    """A row of the ladder: its dataset, recipe, exact parameter count and the accuracies it is compared with; the
+    row it grew from (`parent`) and the ideas it adds to it, each a name and its recipe settings in --set's
+    notation ({"batch norm": {"model.batch_norm": True}}). configs.py makes the recipe from those two."""
 
     number: int
     dataset: str
@@ -274,6 +276,8 @@ class Version:
     reference: tuple | None  # (train accuracy, test accuracy); None until a run of ours measured it
     remark: str
     reference_source: str = "seed"  # seed: the seed's published numbers; ours: a run of ours (see README)
+    parent: int | None = None
+    ideas: dict = field(default_factory=dict)
 
 
 def flag_fields(kind: type) -> list:
@@ -326,6 +330,7 @@ class RunConfig:
     runtime: Runtime
     overrides: dict = field(default_factory=dict)
     arm: dict = field(default_factory=dict)  # the --set settings of this run's arm, e.g. {"lr": 0.1}
+    idea: str = ""  # an ablation's arm: "without lookahead", "with whitening" ("" otherwise)
 
     @property
     def fixed_length(self) -> bool:

@@ -1,0 +1,75 @@
+"""`python main.py ablate V`: the arms that test a row's ideas. V itself, V without each of its ideas (that idea's
+settings back at the parent's values) and the parent; with `--add`, the parent and the parent with each idea alone.
+Every arm trains for V's epochs, on V's dataset. No torch here: an ablation is planned and checked before any data
+is read."""
+from dataclasses import dataclass, replace
+
+from configs import VERSIONS
+from overrides import MODEL_PREFIX, SetError, apply
+from settings import Recipe
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of an ablation: the version it runs as, its recipe, and what it is ("" for a version's own)."""
+
+    version: int
+    recipe: Recipe
+    idea: str = ""
+
+
+def check_ablatable(version: int) -> None:
+    """SetError unless the version has a parent on its own dataset (ideas are only compared on the same data)."""
+    row = VERSIONS[version]
+    if row.parent is None:
+        raise SetError(f"ablate {version}: version {version} is the first row of the ladder and has no parent to "
+                       "compare with")
+    parent = VERSIONS[row.parent]
+    if parent.dataset != row.dataset:
+        raise SetError(f"ablate {version}: version {version}'s parent, {parent.number}, trains on {parent.dataset} "
+                       f"and {version} on {row.dataset}; a change of dataset is no idea. Ablate a version whose "
+                       "parent has its dataset (3-5, 7-13)")
+
+
+def moved_fields(version: int) -> set:
+    """The --set names the version's ideas move (an idea that changes the model moves all its arguments)."""
+    names = {name for settings in VERSIONS[version].ideas.values() for name in settings}
+    return names | ({"model.*"} if "model" in names else set())
+
+
+def moves(version: int, name: str) -> bool:
+    fields = moved_fields(version)
+    return name in fields or (name.startswith(MODEL_PREFIX) and "model.*" in fields)
+
+
+def without(version: int, idea: str) -> Recipe:
+    """The version's recipe with one idea's settings back at its parent's values."""
+    row = VERSIONS[version]
+    recipe, parent = row.recipe, VERSIONS[row.parent].recipe
+    model, model_args, changes = recipe.model, dict(recipe.model_args), {}
+    for name in row.ideas[idea]:
+        if name == "model":
+            model, model_args = parent.model, dict(parent.model_args)
+        elif name.startswith(MODEL_PREFIX):
+            argument = name[len(MODEL_PREFIX):]
+            if argument in parent.model_args:
+                model_args[argument] = parent.model_args[argument]
+            else:
+                model_args.pop(argument, None)
+        else:
+            changes[name] = getattr(parent, name)
+    return replace(recipe, model=model, model_args=model_args, **changes)
+
+
+def plan(version: int, add: bool = False) -> list:
+    """The arms of `ablate version` (with `add`, of `ablate version --add`), the one all others are compared with
+    first; every arm trains for the version's epochs."""
+    check_ablatable(version)
+    row = VERSIONS[version]
+    parent = Arm(row.parent, replace(VERSIONS[row.parent].recipe, epochs=row.recipe.epochs))
+    if add:
+        return [parent] + [Arm(row.parent, apply(parent.recipe, settings), f"with {idea}")
+                           for idea, settings in row.ideas.items()]
+    # A row of one idea without it is its parent, which is an arm already.
+    return [Arm(version, row.recipe)] + [Arm(version, without(version, idea), f"without {idea}")
+                                         for idea in row.ideas if without(version, idea) != parent.recipe] + [parent]

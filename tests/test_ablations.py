@@ -1,0 +1,129 @@
+"""The ladder as rows of named ideas, and `main.py ablate V`: V without each idea and the parent (or, with --add,
+the parent with each idea alone), each compared with V by seed."""
+import csv
+from dataclasses import asdict, fields
+
+import pytest
+
+import ablations
+from configs import VERSIONS
+from conftest import make_image_folder
+from settings import Recipe
+
+ADAM = dict(optimizer="adam", lr=1e-3)
+WIDE = dict(width=32, hidden=256, batch_norm=True, dropout=0.5)
+MODERN = dict(normalize=True, optimizer="sgd", momentum=0.9, nesterov=True, label_smoothing=0.2, warmup_start=0.2,
+              warmup_fraction=0.23, final_lr_factor=0.07, crop_padding=4, flip="random")
+AIRBENCH = dict(MODERN, lr=1.5, momentum=0.85, weight_decay=0.0153 / 11.5, norm_bias_lr_scale=64, batch_size=1024,
+                drop_last=True, epochs=10)
+# Each version's recipe as the table wrote it before it became a ladder of ideas.
+RECIPES = {
+    1: Recipe("MLP"), 2: Recipe("MLP"), 3: Recipe("SmallConvNet"), 4: Recipe("WideConvNet"),
+    5: Recipe("WideConvNet", **ADAM),
+    6: Recipe("ConvNet4", dict(width=8, hidden=32), **ADAM),
+    7: Recipe("ConvNet4", dict(width=8, hidden=32, batch_norm=True), **ADAM),
+    8: Recipe("ConvNet4", dict(width=32, hidden=256, batch_norm=True), **ADAM),
+    9: Recipe("ConvNet4", WIDE, **ADAM),
+    10: Recipe("ConvNet4", WIDE, **ADAM, crop_padding=4, flip="random"),
+    11: Recipe("ConvNet4", WIDE, **MODERN, lr=0.4, weight_decay=5e-4, batch_size=512, epochs=23),
+    12: Recipe("AirbenchNet", **AIRBENCH),
+    13: Recipe("AirbenchNet", **dict(AIRBENCH, crop_padding=2, flip="alternating"), whitening=True, lookahead_from=3,
+               tta="mirror+shift"),
+}
+
+
+def test_the_ladder_of_ideas_gives_every_version_its_recipe():
+    assert {number: row.recipe for number, row in VERSIONS.items()} == RECIPES
+    # written alike too (64 stays 64), so run folders made before find their runs
+    assert all(asdict(VERSIONS[number].recipe) == asdict(RECIPES[number]) for number in RECIPES)
+
+
+def test_every_changed_field_belongs_to_an_idea_and_every_idea_changes_something():
+    for row in VERSIONS.values():
+        if row.parent is None:
+            continue
+        parent = VERSIONS[row.parent].recipe
+        changed = {f.name for f in fields(Recipe) if getattr(row.recipe, f.name) != getattr(parent, f.name)}
+        moved = set()  # the Recipe fields the ideas' settings name: model.NAME is in model_args
+        for name in (name for settings in row.ideas.values() for name in settings):
+            moved |= {"model", "model_args"} if name == "model" else {"model_args"} if name.startswith("model.") \
+                else {name}
+        assert changed - {"epochs"} <= moved, row.number
+        for idea in row.ideas:
+            assert ablations.without(row.number, idea) != row.recipe, (row.number, idea)
+
+
+def test_ablate_plans_the_version_without_each_idea_and_the_parent():
+    arms = ablations.plan(13)
+    assert [(arm.version, arm.idea) for arm in arms] == [
+        (13, ""), (13, "without whitening"), (13, "without translation by 2"), (13, "without alternating flips"),
+        (13, "without lookahead"), (13, "without test-time augmentation"), (12, "")]
+    without_flips = arms[3].recipe
+    assert without_flips.flip == "random" and without_flips.whitening and without_flips.crop_padding == 2
+    assert arms[2].recipe.crop_padding == 4 and arms[2].recipe.flip == "alternating"
+    assert arms[-1].recipe == VERSIONS[12].recipe
+    model = {arm.idea: arm.recipe for arm in ablations.plan(12)}["without airbench network"]
+    assert (model.model, model.model_args, model.lr) == ("ConvNet4", WIDE, 1.5)  # the parent's model, V's optimiser
+
+
+def test_a_version_of_one_idea_is_compared_with_its_parent_only_and_epochs_are_the_versions():
+    arms = ablations.plan(7)
+    assert [(arm.version, arm.idea) for arm in arms] == [(7, ""), (6, "")]
+    assert [arm.recipe.epochs for arm in ablations.plan(11)] == [23] * 8
+    assert ablations.plan(11)[-1].recipe == RECIPES[10].__class__(**{**asdict(RECIPES[10]), "epochs": 23})
+
+
+def test_add_plans_the_parent_with_each_idea_alone():
+    arms = ablations.plan(11, add=True)
+    assert [arm.idea for arm in arms] == ["", "with normalised inputs", "with Nesterov SGD", "with weight decay",
+                                          "with label smoothing", "with batch 512", "with schedule"]
+    assert all(arm.version == 10 for arm in arms)
+    nesterov = arms[2].recipe
+    assert (nesterov.optimizer, nesterov.lr, nesterov.nesterov, nesterov.normalize) == ("sgd", 0.4, True, False)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["ablate", "1"], "version 1 is the first row of the ladder"),
+    (["ablate", "2"], "a change of dataset is no idea"),
+    (["ablate", "6"], "a change of dataset is no idea"),
+    (["ablate", "7-9"], "ablate takes one version"),
+    (["ablate", "11", "--set", "lr=0.1"], "ablate 11 moves lr itself (idea: Nesterov SGD)"),
+    (["ablate", "12", "--set", "model.widths=32x64x64"], "moves model.widths itself (idea: airbench network)"),
+    (["ablate", "11", "--batch-size", "64"], "--batch-size: ablate 11 moves batch_size itself"),
+    (["ablate", "9", "--set", "weight_decay=0,0.001"], "ablate takes one value per field"),
+    (["ablate", "13", "--loader", "torchvision"], "flip=alternating needs the resident loader"),
+])
+def test_an_ablation_that_cannot_run_is_a_usage_error_before_anything_is_written(cli, tmp_path, argv, expected):
+    code, _, err = cli(*argv, "--out", tmp_path / "out", "--data-dir", tmp_path / "data")
+    assert code == 2 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ablate_trains_every_arm_into_one_results_folder_and_compares_each_with_the_version(cli, tmp_path):
+    folder = make_image_folder(tmp_path / "images", train=60, test=30)
+    table = tmp_path / "table"
+    command = ("ablate", "10", "--epochs", 1, "--seeds", "0,1", "--batch-size", 20, "--image-folder", folder,
+               "--set", "weight_decay=0.001", "--out", table, "--quiet")
+    code, out, err = cli(*command)
+    assert code == 0, err
+    assert sorted(path.name for path in table.iterdir() if path.is_dir()) == sorted(
+        f"{name}-weight_decay=0.001-seed{seed}" for name in ("v10", "v10-without-random-crops",
+                                                             "v10-without-random-flips", "v9") for seed in (0, 1))
+    with open(table / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["arm"] for row in rows] == ["weight_decay=0.001", "without random crops weight_decay=0.001",
+                                            "without random flips weight_decay=0.001", "weight_decay=0.001"]
+    assert [row["compared_with"] for row in rows] == ["", *["v10 weight_decay=0.001"] * 3]
+    assert all(row["paired_seeds"] == "2" for row in rows[1:])
+    assert "v9 weight_decay=0.001 - v10 weight_decay=0.001" in out
+    assert (table / "differences.png").exists()
+    code, again, _ = cli(*command)
+    assert code == 0 and again.count("; skipped") == 8
+
+
+def test_list_names_each_rows_ideas():
+    import main
+
+    text = main.version_table()
+    assert "13 = 12 + whitening (whitening=true); translation by 2 (crop_padding=2)" in text
+    assert " 6 = 5 + on CIFAR-10; 4-layer conv-net" in text
