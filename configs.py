@@ -12,7 +12,7 @@ from settings import Recipe, Version
 VERSIONS: dict = {}
 
 
-def rung(number: int, dataset: str, ideas: dict, params: int, reference: tuple, remark: str,
+def rung(number: int, dataset: str, ideas: dict, params: int, reference: tuple | None, remark: str,
          reference_source: str = "seed", epochs: int | None = None) -> None:
     """Add row `number` to the ladder: the row before it with `ideas` applied (row 1: the seed's recipe)."""
     parent = number - 1 if number > 1 else None

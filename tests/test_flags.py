@@ -26,7 +26,9 @@ def readme_flags() -> set:
 
 
 def parser_flags() -> set:
-    return {option for action in main.build_parser()._actions for option in action.option_strings} - {"-h", "--help"}
+    """The flags of the training parser and of ablate's."""
+    return {option for ablate in (False, True) for action in main.build_parser(ablate)._actions
+            for option in action.option_strings} - {"-h", "--help"}
 
 
 def test_readme_documents_every_flag_and_no_other():
@@ -68,6 +70,7 @@ def flag_runs(tmp_path, data) -> dict:
         "--force": base + ["--force"],
         "--set": base + ["--set", "weight_decay=1e-3", "--set", "model.hidden=50"],
         "--fail-fast": base + ["--set", "lr=0.05,0.1", "--fail-fast"],
+        "--add": ["ablate", "3", "--add", "--epochs", "1", "--data-dir", data, "--quiet"],
         "--resume": ["--resume", None, "--epochs", "2"],
     }
 
@@ -106,6 +109,8 @@ def probe(flag: str, monkeypatch, tmp_path):
         return lambda: len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test split
     if flag == "--set":
         return lambda: torch.load(tmp_path / "out" / "checkpoint.pt")["model"]["net.1.weight"].shape == (50, 784)
+    if flag == "--add":
+        return lambda: (tmp_path / "out" / "v2-with-small-conv-net").is_dir()
     if flag == "--holdout":
         return lambda: read_metrics(tmp_path / "out")[-1]["val_acc"] != ""
     if flag == "--holdout-seed":
