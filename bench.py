@@ -18,11 +18,10 @@ import time
 import torch
 
 from configs import VERSIONS
-from data import DataSource, Split, load_split
+from data import DataSource, Split, classic_dataset, load_split
 from devices import resolve_device
 from errors import RunnerError
-from loaders import (BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_dataset,
-                     classic_transform)
+from loaders import BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_transform
 from main import version_list
 from models import build_model, fit_input_layers
 from settings import DATASETS, default_cache_dir, device_name, positive_int, worker_count

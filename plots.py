@@ -39,15 +39,16 @@ def curves_figure(metrics: list, reference_test_acc: float | None, title: str, s
     return figure
 
 
-def results_figure(curves: dict):
-    """Test accuracy by epoch for every version, one panel per dataset. curves: dataset -> {label: (x, y)}."""
+def results_figure(curves: dict, split: str = "test"):
+    """Test (or validation: split "val") accuracy by epoch for every row, one panel per dataset. curves: dataset ->
+    {label: (x, y)}."""
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
     for axis, (dataset, lines) in zip(axes[0], curves.items()):
         for label, (epochs, accuracy) in lines.items():
             axis.plot(epochs, accuracy, marker=".", label=label)
         axis.set_title(dataset)
         axis.set_xlabel("epoch")
-        axis.set_ylabel("test accuracy")
+        axis.set_ylabel(f"{SPLIT_NAMES[split]} accuracy")
         axis.grid(alpha=0.3)
         axis.legend()
     return figure

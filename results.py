@@ -230,7 +230,7 @@ def write_results(results_dir: Path, planned: list, baseline: RunConfig | None =
     import plots
 
     if curves:
-        atomic_write(results_dir / "results.png", lambda f: plots.save(plots.results_figure(curves), f))
+        atomic_write(results_dir / "results.png", lambda f: plots.save(plots.results_figure(curves, split), f))
     if compared:
         atomic_write(results_dir / "differences.png", lambda f: plots.save(plots.differences_figure(
             [(f"{row['label']} - {row['compared_with']}", row["difference"], row["difference_low"],

@@ -162,7 +162,7 @@ def test_desktop_junk_and_hidden_folders_are_ignored(tmp_path):
     source = data.DataSource("cifar10", "unused", str(folder), str(tmp_path / "cache"))
     split = data.load_split(source, True)
     assert len(split.labels) == 30 and split.classes == [f"class{i}" for i in range(10)]
-    classic = loaders.classic_dataset(source, True)
+    classic = data.classic_dataset(source, True)
     assert len(classic) == 30 and classic.classes == split.classes
 
 
