@@ -19,13 +19,13 @@ import torch
 
 from configs import VERSIONS
 from data import DataSource, Split, classic_dataset, load_split
-from devices import resolve_device
-from errors import RunnerError
-from loaders import BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_transform
+from runner.devices import resolve_device
+from runner.errors import RunnerError
+from runner.loaders import BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_transform
 from main import version_list
 from models import build_model, fit_input_layers
-from settings import DATASETS, default_cache_dir, device_name, positive_int, worker_count
-from state import TrainingState
+from runner.settings import DATASETS, default_cache_dir, device_name, positive_int, worker_count
+from runner.state import TrainingState
 from train import on_device, to_model_input, train_step, uses_channels_last
 
 SYNTHETIC_IMAGES = 10_000

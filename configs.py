@@ -6,8 +6,8 @@ of dataset is no idea: `python main.py ablate V` takes V's ideas out one at a ti
 A row also names its exact parameter count, the accuracies it is compared with and what it shows."""
 from dataclasses import replace
 
-from overrides import apply
-from settings import Recipe, Version
+from runner.overrides import apply
+from runner.settings import Recipe, Version
 
 VERSIONS: dict = {}
 

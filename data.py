@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from console import STOP, progress
-from errors import DataError
-from files import atomic_write
-from folders import list_image_folder, split_folder
-from holdout import HoldoutError, held_out
-from settings import DATASETS
+from runner.console import STOP, progress
+from runner.errors import DataError
+from runner.files import atomic_write
+from runner.folders import list_image_folder, split_folder
+from runner.holdout import HoldoutError, held_out
+from runner.settings import DATASETS
 
 CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served
 CLASSES_PER_MODEL = 10

@@ -9,11 +9,11 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-import ablations
-import checks
-import overrides
+from runner import ablations
+from runner import checks
+from runner import overrides
 from configs import VERSIONS
-from settings import (DATASETS, MODEL_KINDS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields,
+from runner.settings import (DATASETS, MODEL_KINDS, SETTINGS, Recipe, RunIdentity, Runtime, device_name, flag_fields,
                       seed_number, worker_count)
 
 GROUP_TITLES = {
@@ -78,7 +78,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         out = getattr(self, "out", None)
         if out and "RANK" in os.environ and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
-            from records import leave_failure_marker
+            from runner.records import leave_failure_marker
 
             leave_failure_marker(Path(out), message)
         if os.environ.get("RANK", "0") != "0":
@@ -273,7 +273,7 @@ def main(argv: list | None = None) -> int:
             parser = build_saved_run_parser(argv[0])
             args = parser.parse_args(argv[1:])
             checks.check_saved_run_args(parser, args, argv[0])
-            import commands
+            from runner import commands
 
             return commands.guarded(lambda progress: commands.run_saved(parser, args, argv[0]))
         ablate = argv[0] == "ablate"
@@ -281,10 +281,10 @@ def main(argv: list | None = None) -> int:
         args = parser.parse_args(argv[1:] if ablate else argv)
         checks.check_training_args(parser, args)
         processes = checks.process_count(parser, args)
-        import commands
+        from runner import commands
 
         if processes > 1:
-            import distributed
+            from runner import distributed
 
             commands.check_devices(parser, args)
             return distributed.launch(processes, argv)

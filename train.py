@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from console import progress
-from distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
+from runner.console import progress
+from runner.distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
 from data import DataSource
-from devices import derive_seed, prepare_torch, resolve_device, seed_process, to_device
-from events import RunLog, hyperparameters
-from errors import CheckpointError, Diverged, RunnerError
-from loaders import load_splits, make_loaders
+from runner.devices import derive_seed, prepare_torch, resolve_device, seed_process, to_device
+from runner.events import RunLog, hyperparameters
+from runner.errors import CheckpointError, Diverged, RunnerError
+from runner.loaders import load_splits, make_loaders
 from models import build_model, count_parameters, fit_input_layers
-from records import CURVES, RunFolder
-from settings import DATASETS, RunConfig
-from state import TrainingState
+from runner.records import CURVES, RunFolder
+from runner.settings import DATASETS, RunConfig
+from runner.state import TrainingState
 
 REFRESH_EVERY = 50
 TTA_NAMES = {"mirror": "mirror", "mirror+shift": "mirror and 1-pixel shifts"}
@@ -292,7 +292,7 @@ def finish_log(log: RunLog, run: RunConfig, state: TrainingState, row: dict, tes
                test_split) -> None:
     """TensorBoard's view of a finished run: hyperparameters with the final accuracies, the confusion matrix and,
     when the test split is at hand, the most confident mistakes."""
-    import plots
+    from runner import plots
 
     title = f"Version {run.version}"
     mistakes = None
@@ -306,7 +306,7 @@ def finish_log(log: RunLog, run: RunConfig, state: TrainingState, row: dict, tes
 
 
 def draw_curves(folder: RunFolder, run: RunConfig, metrics: list) -> None:
-    import plots
+    from runner import plots
     from configs import VERSIONS
 
     reference = VERSIONS[run.version].reference

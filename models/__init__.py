@@ -8,7 +8,7 @@ from models.inputs import WHITENING_IMAGES, Normalize, PatchWhitening
 from models.mlp import MLP
 from models.small_convnet import SmallConvNet
 from models.wide_convnet import WideConvNet
-from settings import MODEL_KINDS
+from runner.settings import MODEL_KINDS
 
 MODELS = {cls.__name__: cls for cls in (MLP, SmallConvNet, WideConvNet, ConvNet4, AirbenchNet)}
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import records  # noqa: E402
+from runner import records  # noqa: E402
 import train  # noqa: E402
-from errors import RunnerError  # noqa: E402
+from runner.errors import RunnerError  # noqa: E402
 
 RANK, PATCH = int(os.environ.get("RANK", 0)), os.environ["PATCH"]
 save_checkpoint, train_step = records.RunFolder.save_checkpoint, train.train_step
@@ -74,7 +74,7 @@ def probe_decoding_and_writing() -> None:
 
 
 def probe_wrapping() -> None:
-    import distributed
+    from runner import distributed
 
     wrap = distributed.Group.wrap
 

@@ -1,14 +1,16 @@
 """The ladder as rows of named ideas, and `main.py ablate V`: V without each idea and the parent (or, with --add,
 the parent with each idea alone), each compared with V by seed."""
 import csv
+import subprocess
+import sys
 from dataclasses import asdict, fields
 
 import pytest
 
-import ablations
+from runner import ablations
 from configs import VERSIONS
-from conftest import make_image_folder
-from settings import Recipe
+from conftest import ROOT, make_image_folder
+from runner.settings import Recipe
 
 ADAM = dict(optimizer="adam", lr=1e-3)
 WIDE = dict(width=32, hidden=256, batch_norm=True, dropout=0.5)
@@ -127,3 +129,12 @@ def test_list_names_each_rows_ideas():
     text = main.version_table()
     assert "13 = 12 + whitening (whitening=true); translation by 2 (crop_padding=2)" in text
     assert " 6 = 5 + on CIFAR-10; 4-layer conv-net" in text
+
+
+def test_ablates_usage_errors_import_no_torch():
+    probe = ("import sys; sys.path.insert(0, {root!r}); import main; main.main(['ablate', '6']); "
+             "main.main(['ablate', '11', '--holdout', '49999']); print('torch imported:', 'torch' in sys.modules)"
+             ).format(root=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "torch imported: False" in result.stdout
+    assert "a change of dataset is no idea" in result.stderr and "would give 5,000" in result.stderr

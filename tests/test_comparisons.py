@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-import comparisons
+from runner import comparisons
 
 T_975_DF3 = 3.182446305284263  # the 97.5% quantile of Student's t with 3 degrees of freedom (tables)
 

@@ -10,9 +10,9 @@ from dataclasses import fields
 import pytest
 
 import main
-import records
+from runner import records
 from conftest import ROOT, make_image_folder, make_mnist
-from settings import Recipe, RunIdentity, Runtime, flag_fields, resumable_names
+from runner.settings import Recipe, RunIdentity, Runtime, flag_fields, resumable_names
 
 FIXTURE = ROOT / "tests" / "fixtures" / "format1-v3"
 
@@ -111,7 +111,7 @@ def resume(run, epochs: int) -> subprocess.CompletedProcess:
 
 def test_a_signal_during_a_checkpoint_write_keeps_that_epoch(child, tmp_path):
     data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
-    code, out, err = child("records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 5, "--data-dir", data,
+    code, out, err = child("runner.records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 5, "--data-dir", data,
                            "--out", run)
     assert code == 130 and "Traceback" not in err, err
     assert records.load_checkpoint(run / "checkpoint.pt")["epoch"] == 1 and out.count("Epoch 1 / 5") == 1
@@ -149,7 +149,7 @@ def test_a_second_signal_stops_at_once(child, tmp_path):
     """Two Ctrl-Cs as the first checkpoint is about to be written (a moment the flag alone would let pass): the
     second ends the process there, so the write never happens, instead of after a 30-second pause."""
     data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
-    code, _, err = child("records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 2, "--data-dir", data,
+    code, _, err = child("runner.records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 2, "--data-dir", data,
                          "--out", run, times=2, pause=30)
     assert code == 130 and "Traceback" not in err, err
     assert not (run / "checkpoint.pt").exists() and "start the run again" in err
@@ -158,7 +158,7 @@ def test_a_second_signal_stops_at_once(child, tmp_path):
 def test_a_stop_lands_between_two_training_steps(cli, tmp_path, monkeypatch):
     import signal
 
-    import console
+    from runner import console
     import train
 
     real_step, calls = train.train_step, []
@@ -188,7 +188,7 @@ def test_progress_is_read_every_50_steps_and_at_the_end_of_the_epoch(cli, tmp_pa
 
 
 def test_an_unexpected_failure_is_one_line_never_a_traceback(cli, tmp_path, monkeypatch):
-    import commands
+    from runner import commands
     import train
 
     monkeypatch.delenv(commands.TRACEBACK, raising=False)

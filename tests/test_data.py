@@ -8,8 +8,8 @@ from torchvision.transforms import ToTensor
 
 from conftest import make_image_folder, make_mnist
 from data import DataSource, Split, classic_dataset, load_split
-from errors import DataError
-from loaders import BatchPlan, ResidentLoader
+from runner.errors import DataError
+from runner.loaders import BatchPlan, ResidentLoader
 
 
 def assert_same_as_torchvision(source: DataSource, train: bool):

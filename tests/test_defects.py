@@ -9,10 +9,10 @@ import torch
 
 import configs
 import data
-import devices
-import loaders
-import records
-import saved
+from runner import devices
+from runner import loaders
+from runner import records
+from runner import saved
 import train
 from conftest import make_image_folder
 from test_train import metrics_of, train_tiny
@@ -296,7 +296,7 @@ def test_a_table_without_a_result_at_the_epochs_asked_says_so_and_fails(cli, mni
 def test_a_second_ctrl_c_during_a_download_stops_at_once(cli, tmp_path, monkeypatch):
     import signal
 
-    from console import Stopped
+    from runner.console import Stopped
 
     def interrupted_download(dataset):
         def download(**kwargs):
@@ -332,12 +332,12 @@ def test_a_run_that_diverges_from_its_first_steps_fails(cli, mnist_dir, tmp_path
     code, out, err = cli("1", "--lr", "1e3", "--epochs", 2, "--batch-size", 32, "--data-dir", mnist_dir, "--out",
                          tmp_path / "run", "--quiet")
     assert code == 1 and "Training complete!" not in out
-    assert "uniform guess" in err and "--lr 100" in err and "Traceback" not in err
+    assert "uniform guess" in err and "e.g. 100 (--lr, or --set lr=)" in err and "Traceback" not in err
 
 
 def fresh_state():
     from models import build_model
-    from state import TrainingState
+    from runner.state import TrainingState
 
     recipe = configs.VERSIONS[1].recipe
     return TrainingState(1, recipe, build_model(recipe, 1), torch.device("cpu"), 0, 10)

@@ -10,9 +10,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import bench
-import commands
-import records
-import saved
+from runner import commands
+from runner import records
+from runner import saved
 import train
 from conftest import make_image_folder
 from data import DataSource

@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-import records
+from runner import records
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics
-from distributed import free_port
+from runner.distributed import free_port
 
 MAIN = str(ROOT / "main.py")
 PATCHED = str(ROOT / "tests" / "patched_main.py")
@@ -223,7 +223,7 @@ def test_the_failure_marker_goes_only_into_a_new_folder_or_one_of_ours(cli, tmp_
 
 
 def test_each_process_gets_its_own_device(monkeypatch):
-    import distributed
+    from runner import distributed
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -240,7 +240,7 @@ def test_each_process_gets_its_own_device(monkeypatch):
 
 
 def test_test_batches_are_never_dropped_across_processes():
-    from loaders import BatchPlan
+    from runner.loaders import BatchPlan
 
     shares = [BatchPlan(9, 8, rank=rank, world_size=4, training=False).batches(None) for rank in range(4)]
     assert sorted(int(i) for plan in shares for index, _ in plan for i in index) == list(range(9))
@@ -288,7 +288,7 @@ def test_a_failure_preparing_the_data_is_reported_once_and_ends_every_process(tm
 
 
 def test_a_lost_peer_is_quiet_and_a_timeout_says_what_it_waited_for(monkeypatch):
-    import distributed
+    from runner import distributed
 
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
     assert distributed.lost_peers(RuntimeError("Connection closed by peer [127.0.0.1]:4242")) == ""
@@ -300,9 +300,9 @@ def test_a_lost_peer_is_quiet_and_a_timeout_says_what_it_waited_for(monkeypatch)
 def test_restarted_processes_end_at_once_on_a_failure_left_in_out(tmp_path, monkeypatch):
     import argparse
 
-    import commands
-    import distributed
-    from errors import RunnerError
+    from runner import commands
+    from runner import distributed
+    from runner.errors import RunnerError
 
     for name, value in dict(RANK=0, WORLD_SIZE=2, TORCHELASTIC_MAX_RESTARTS=1, TORCHELASTIC_RESTART_COUNT=1).items():
         monkeypatch.setenv(name, str(value))
@@ -315,8 +315,8 @@ def test_restarted_processes_end_at_once_on_a_failure_left_in_out(tmp_path, monk
 
 
 def test_a_failure_no_restart_can_fix_leaves_its_marker_and_one_a_restart_may_fix_does_not(tmp_path):
-    import commands
-    from errors import DataError, ProcessesLost
+    from runner import commands
+    from runner.errors import DataError, ProcessesLost
 
     for error, kept in ((DataError("bad data"), True), (ProcessesLost("lost"), False)):
         marker = tmp_path / type(error).__name__ / records.FAILURE_MARKER

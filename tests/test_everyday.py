@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-import records
+from runner import records
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics
 from data import DataSource, load_split
-from plots import select_mistakes
+from runner.plots import select_mistakes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -59,7 +59,8 @@ def test_tensorboard_shows_a_held_out_runs_validation_and_no_test(cli, mnist_dir
 FAULT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import records, train
+import train
+from runner import records
 real_save, real_step, steps = records.RunFolder.save_checkpoint, train.train_step, []
 
 def crash(folder, state):  # the epoch was logged, but is not kept
@@ -179,7 +180,7 @@ def test_eval_writes_the_most_confident_mistakes(cli, image_folder, tmp_path):
 
 
 def test_an_eval_stopped_by_ctrl_c_says_only_that_it_was_interrupted(cli, image_folder, tmp_path, monkeypatch):
-    import saved
+    from runner import saved
 
     run = tmp_path / "run"
     assert cli("7", "--epochs", 1, "--image-folder", image_folder, "--out", run, "--quiet")[0] == 0

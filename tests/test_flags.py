@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-import console
+from runner import console
 import main
 import train
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics, watch_output_dtypes

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-import records
+from runner import records
 from conftest import make_image_folder, make_mnist, read_metrics
 from data import Split
-from devices import device_rng_state, restore_device_rng
-from loaders import BatchPlan, ResidentLoader, gather
+from runner.devices import device_rng_state, restore_device_rng
+from runner.loaders import BatchPlan, ResidentLoader, gather
 from test_distributed import torchrun
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

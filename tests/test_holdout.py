@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-import holdout
-import loaders
+from runner import holdout
+from runner import loaders
 import main
 import models
 import train
 from conftest import make_image_folder, read_metrics
 from data import DataSource, load_split
-from settings import DATASETS
+from runner.settings import DATASETS
 
 
 def test_shares_follow_the_class_sizes_and_add_up_exactly():
@@ -47,8 +47,8 @@ def splits_of(cli, data_dir, *flags):
     parser = main.build_parser()
     args = parser.parse_args(["1", "--data-dir", str(data_dir), *map(str, flags)])
     main.checks.check_training_args(parser, args)
-    import commands
-    import distributed
+    from runner import commands
+    from runner import distributed
 
     run = commands.run_config(1, args, args.seed or 0, torch.device("cpu"), distributed.SOLO, args.arms[0])
     return loaders.load_splits(run, DataSource.of(run), resume=False)[0]

@@ -7,16 +7,16 @@ import signal
 import pytest
 import torch
 
-import console
-import records
+from runner import console
+from runner import records
 from configs import VERSIONS
 from conftest import make_image_folder
 from data import Split
-from loaders import Augmentation, BatchPlan, ResidentLoader, gather
+from runner.loaders import Augmentation, BatchPlan, ResidentLoader, gather
 from models import build_model, fit_input_layers, whitening_layer
 from models.inputs import Normalize, PatchWhitening
-from settings import Recipe
-from state import lookahead_decay, lr_factor
+from runner.settings import Recipe
+from runner.state import lookahead_decay, lr_factor
 from train import tta_output
 
 

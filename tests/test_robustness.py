@@ -10,13 +10,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import checks
+from runner import checks
 import main
-import records
+from runner import records
 import train
 from conftest import ROOT, make_mnist, run_cli
 from data import DataSource, load_split
-from errors import RunnerError
+from runner.errors import RunnerError
 
 
 @pytest.fixture

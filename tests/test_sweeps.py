@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-import overrides
+from runner import overrides
 from configs import VERSIONS
 from conftest import ROOT
-from settings import MODEL_KINDS, Recipe
+from runner.settings import MODEL_KINDS, Recipe
 
 
 def parsed(*words):

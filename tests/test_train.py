@@ -6,12 +6,12 @@ import pickle
 import pytest
 import torch
 
-import records
+from runner import records
 import train
-from devices import resolve_device
+from runner.devices import resolve_device
 from configs import VERSIONS
 from conftest import make_mnist, watch_output_dtypes
-from errors import CheckpointError
+from runner.errors import CheckpointError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

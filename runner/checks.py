@@ -5,11 +5,11 @@ import json
 import os
 from pathlib import Path
 
-import ablations
-import holdout
-import overrides
+from runner import ablations
+from runner import holdout
+from runner import overrides
 from configs import VERSIONS
-from settings import DATASETS, SETTINGS, Recipe, flag_fields, given, resumable_names, shared_gpu, was_given
+from runner.settings import DATASETS, SETTINGS, Recipe, flag_fields, given, resumable_names, shared_gpu, was_given
 
 
 def check_readable_dir(parser: argparse.ArgumentParser, option: str, path: str) -> None:
@@ -48,8 +48,8 @@ def check_image_folder(parser: argparse.ArgumentParser, path: str, holdout: bool
 
 def check_holdout(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--holdout N must leave every class of every version's training split something to train on."""
-    from errors import DataError
-    from folders import list_image_folder, split_folder
+    from runner.errors import DataError
+    from runner.folders import list_image_folder, split_folder
 
     if not args.holdout:
         if args.holdout_seed is not None:
@@ -74,8 +74,8 @@ def first_image_size(parser: argparse.ArgumentParser, folder: str) -> tuple[int,
     """The size of the first training image, as the run will list the folder."""
     from PIL import Image, UnidentifiedImageError
 
-    from errors import DataError
-    from folders import list_image_folder, split_folder
+    from runner.errors import DataError
+    from runner.folders import list_image_folder, split_folder
 
     try:
         first = list_image_folder(split_folder(folder, True))[1][0][0]

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from console import STOP, Stopped
-from errors import ProcessesLost, RunnerError
-from records import FAILURE_MARKER
-from settings import shared_gpu
+from runner.console import STOP, Stopped
+from runner.errors import ProcessesLost, RunnerError
+from runner.records import FAILURE_MARKER
+from runner.settings import shared_gpu
 
 LAUNCHER = "BASIC_IMAGE_CLASSIFICATION_LAUNCHER"  # set for the processes that --procs or a device list starts
 TRAIN_TIMEOUT = datetime.timedelta(minutes=10)
@@ -265,7 +265,7 @@ def launch(processes: int, argv: list) -> int:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, rdzv_backend="c10d",
                           rdzv_endpoint=f"127.0.0.1:{free_port()}", run_id=f"main-{os.getpid()}", max_restarts=0,
                           monitor_interval=0.1, start_method="spawn")
-    script = str(Path(__file__).resolve().parent / "main.py")
+    script = str(Path(__file__).resolve().parent.parent / "main.py")
     os.environ[LAUNCHER] = "main.py"
     try:
         elastic_launch(config, sys.executable)("-u", script, *argv)

@@ -6,13 +6,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import distributed
-import overrides
+from runner import distributed
+from runner import overrides
 from configs import VERSIONS
-from console import EXIT_CODES, STOP, Stopped
-from errors import RunnerError
-from records import CHECKPOINT, RunFolder, leave_failure_marker
-from settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, given, was_given
+from runner.console import EXIT_CODES, STOP, Stopped
+from runner.errors import RunnerError
+from runner.records import CHECKPOINT, RunFolder, leave_failure_marker
+from runner.settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, given, was_given
 
 
 TRACEBACK = "BASIC_IMAGE_CLASSIFICATION_TRACEBACK"  # set it to see an unexpected failure's traceback
@@ -44,7 +44,7 @@ def procs_words(args) -> list:
 
 def device_or_error(parser, name: str, amp: bool):
     """This process's device, or a usage error (exit 2) when it is missing or cannot run --amp."""
-    from devices import check_amp, resolve_device
+    from runner.devices import check_amp, resolve_device
 
     try:
         device = resolve_device(distributed.process_device(name))
@@ -107,7 +107,7 @@ def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, 
 
 
 def run_training(parser, args, argv: list, progress: Progress) -> None:
-    import results
+    from runner import results
     import train
 
     if args.resume:
@@ -167,7 +167,7 @@ def whole_split_command(args, row: dict) -> str:
 
 def train_one(run: RunConfig, args, group, progress: Progress) -> None:
     """One run, in one process or across all of them. Restarted by torchrun, it continues its folder."""
-    import results
+    from runner import results
     import train
 
     name = results.arm_label(run)
@@ -241,7 +241,7 @@ def run_saved(parser, args, command: str) -> None:
     folder = RunFolder(Path(args.run_dir))
     run = folder.read_config()
     device = device_or_error(parser, args.device, run.identity.amp)
-    import saved
+    from runner import saved
     from data import DataSource
 
     if command == "predict":

@@ -8,7 +8,7 @@ is appended to rather than replaced. Only the writing process logs.
 """
 import time
 
-from records import HPARAMS_RUN
+from runner.records import HPARAMS_RUN
 
 
 class RunLog:

@@ -7,12 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from configs import VERSIONS
-from distributed import say
-from errors import CheckpointError, Diverged, RunnerError
-from overrides import arm_words
-from files import atomic_write, write_text
-from records import CONFIG, RunFolder
-from settings import DATASETS, RunConfig, differences
+from runner.distributed import say
+from runner.errors import CheckpointError, Diverged, RunnerError
+from runner.overrides import arm_words
+from runner.files import atomic_write, write_text
+from runner.records import CONFIG, RunFolder
+from runner.settings import DATASETS, RunConfig, differences
 
 RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
 # After the twelve: the arm, why a row lacks runs, the held-out accuracy (--holdout), then the statistics of the
@@ -227,7 +227,7 @@ def write_results(results_dir: Path, planned: list, baseline: RunConfig | None =
     write_text(results_dir / "results.csv", "\n".join(lines) + "\n")
     write_text(results_dir / "results.md", markdown_table(rows) + "\n")
     write_text(results_dir / "runs.csv", "\n".join(run_lines) + "\n")
-    import plots
+    from runner import plots
 
     if curves:
         atomic_write(results_dir / "results.png", lambda f: plots.save(plots.results_figure(curves, split), f))
@@ -264,7 +264,7 @@ def compare_rows(rows: list) -> list:
     correction over the table); returns the rows compared. Nothing without two seeds on a row."""
     if not any(len(row["per_seed"]) > 1 for row in rows):
         return []
-    import comparisons
+    from runner import comparisons
 
     for row in rows:
         interval = comparisons.interval_of_mean(list(row["per_seed"].values()))

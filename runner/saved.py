@@ -3,13 +3,13 @@ augmentation of its recipe and in its numerics (bfloat16 autocast for an --amp r
 import torch
 from torch import nn
 
-import plots
+from runner import plots
 from data import DataSource, check_classes, load_image, load_split
-from errors import CheckpointError
-from loaders import BatchPlan, ResidentLoader
+from runner.errors import CheckpointError
+from runner.loaders import BatchPlan, ResidentLoader
 from models import build_model
-from records import CONFUSION, MISTAKES, RunFolder
-from settings import DATASETS, RunConfig
+from runner.records import CONFUSION, MISTAKES, RunFolder
+from runner.settings import DATASETS, RunConfig
 from train import TTA_NAMES, autocast, evaluate, on_device, tta_output, uses_channels_last
 
 MISTAKES_SHOWN = 64

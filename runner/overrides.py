@@ -10,7 +10,7 @@ import itertools
 import math
 from dataclasses import dataclass, fields, replace
 
-from settings import DATASETS, LARGEST_INT, MODEL_KINDS, Recipe
+from runner.settings import DATASETS, LARGEST_INT, MODEL_KINDS, Recipe
 
 MODEL_PREFIX = "model."
 NOT_SET_HERE = {"model_args"}  # set argument by argument, as model.NAME

@@ -10,10 +10,10 @@ import math
 import torch
 from torch import nn
 
-from devices import derive_seed, device_rng_state, restore_device_rng
-from distributed import SOLO, Group
+from runner.devices import derive_seed, device_rng_state, restore_device_rng
+from runner.distributed import SOLO, Group
 from models import whitening_layer
-from settings import Recipe
+from runner.settings import Recipe
 
 FORMAT = 2
 LOOKAHEAD_EVERY = 5

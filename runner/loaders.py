@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data import DataSource, Split, check_classes, classic_dataset, cut_holdout, holdout_indices, load_split
-from errors import DataError
-from settings import DATASETS, Recipe, RunConfig
+from runner.errors import DataError
+from runner.settings import DATASETS, Recipe, RunConfig
 
 CLASSIC_WORKERS = 4
 

@@ -15,9 +15,9 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
-from errors import CheckpointError, RunnerError
-from files import atomic_write, write_text
-from settings import TOOL, Recipe, RunConfig, RunIdentity, Runtime, from_record
+from runner.errors import CheckpointError, RunnerError
+from runner.files import atomic_write, write_text
+from runner.settings import TOOL, Recipe, RunConfig, RunIdentity, Runtime, from_record
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"

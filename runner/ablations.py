@@ -5,8 +5,8 @@ is read."""
 from dataclasses import dataclass, replace
 
 from configs import VERSIONS
-from overrides import MODEL_PREFIX, SetError, apply
-from settings import Recipe
+from runner.overrides import MODEL_PREFIX, SetError, apply
+from runner.settings import Recipe
 
 
 @dataclass(frozen=True)
