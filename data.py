@@ -23,6 +23,7 @@ from runner.errors import DataError
 from runner.files import atomic_write
 from runner.folders import list_image_folder, split_folder
 from runner.holdout import HoldoutError, held_out
+from runner.images import decode_image, image_mode
 from runner.settings import DATASETS
 
 CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served
@@ -78,10 +79,6 @@ def torchvision_class(dataset: str):
 
     return {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
             "cifar10": torchvision.datasets.CIFAR10}[dataset]
-
-
-def image_mode(channels: int) -> str:
-    return "L" if channels == 1 else "RGB"
 
 
 def _check_idx(path: Path) -> tuple:
@@ -147,25 +144,6 @@ def _decode_dataset(source: DataSource, train: bool, files: list) -> Split:
     else:
         images = dataset.data.unsqueeze(1)
     return Split(images, torch.as_tensor(dataset.targets, dtype=torch.int64), list(dataset.classes))
-
-
-def decode_image(path: str, channels: int, size: int, resize: bool) -> np.ndarray:
-    """One image as uint8 (C, H, W) in the version's colour mode, resized (antialiased, as torchvision's Resize)
-    when asked."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert(image_mode(channels))
-            if resize and image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-        raise DataError(f"{path} cannot be read as an image ({type(error).__name__}): fix or remove it") from None
-    if image.size != (size, size):
-        raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but this version takes {size}x{size} images: "
-                        "add --resize, or choose a version of that size")
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def _decode_folder(source: DataSource, train: bool) -> Split:

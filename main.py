@@ -28,6 +28,7 @@ EXAMPLES = """commands:
   main.py ablate V [--add]             V, V without each of its ideas, and its parent (see main.py ablate -h)
   main.py --resume RUN_DIR [--epochs N] continue a run (a larger N extends a finished one)
   main.py eval RUN_DIR                 test a saved run: per-class accuracy and confusion.png
+  main.py export RUN_DIR [--tta]       the run's model as ONNX (model.onnx), checked in ONNX Runtime
   main.py predict RUN_DIR IMAGE...     top-3 classes for each image
 
 examples:
@@ -124,7 +125,7 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
     else:
         parser = Parser(
             prog="main.py", usage="%(prog)s [VERSIONS | list | fields | ablate V | eval RUN_DIR | "
-            "predict RUN_DIR IMAGE...] [options]",
+            "predict RUN_DIR IMAGE... | export RUN_DIR] [options]",
             description="Train and test the versions of the image-classification ablation ladder.",
             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("versions", nargs="?", type=version_list, metavar="VERSIONS",
@@ -159,16 +160,30 @@ def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
     if command == "eval":
         parser = argparse.ArgumentParser(prog="main.py eval", description="Test a saved run: loss, accuracy, "
                                          "per-class accuracy, and confusion.png in the run folder.")
+    elif command == "export":
+        parser = argparse.ArgumentParser(prog="main.py export", description=(
+            "Write a run's model as ONNX (model.onnx in the run folder): uint8 pixels in, class log-probabilities "
+            "out, scaling and input layers inside, float32, any batch size; checked in ONNX Runtime against "
+            "PyTorch on the run's test images."))
     else:
         parser = argparse.ArgumentParser(prog="main.py predict", description="Top-3 classes with probabilities "
                                          "for each image, converted and resized to the model's input.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with config.json and checkpoint.pt")
     if command == "predict":
         parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+        parser.add_argument("--onnx", action="store_true", help="with the run's exported model.onnx in ONNX Runtime, "
+                            "on the CPU, without PyTorch (see: main.py export)")
     else:
         parser.add_argument("--data-dir", metavar="DIR", help="dataset folder (default: the run's)")
         parser.add_argument("--image-folder", metavar="DIR", help="image folder (default: the run's)")
         parser.add_argument("--cache-dir", metavar="DIR", help="decoded datasets (default: the run's)")
+    if command == "export":
+        parser.add_argument("--onnx-out", metavar="FILE", help="write the model here instead (an existing file "
+                            "only if this tool wrote it)")
+        parser.add_argument("--tta", action="store_true", help="build the recipe's test-time augmentation into "
+                            "the graph, so that it answers at the run's reported accuracy")
+        return parser
+    if command == "eval":
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--device", type=one_device, default="auto", metavar="D",
                         help="auto (default), cpu, cuda, cuda:K or mps")
@@ -256,6 +271,21 @@ def field_row(setting, default: str, versions: list) -> tuple:
     return setting.name, kind, default, values, ",".join(map(str, versions)) or "-"
 
 
+def predict_onnx(args: argparse.Namespace) -> int:
+    """predict --onnx: ONNX Runtime alone; torch is never imported on this path."""
+    from runner import deployed
+    from runner.errors import RunnerError
+
+    try:
+        answers = deployed.predict(Path(args.run_dir), args.images)
+    except RunnerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    for image, best in zip(args.images, answers):
+        print(deployed.answer_line(image, best))
+    return 0
+
+
 def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -269,10 +299,12 @@ def main(argv: list | None = None) -> int:
                 build_parser().error(f"{argv[0]} takes no arguments (got {' '.join(argv[1:])})")
             print(version_table() if argv[0] == "list" else fields_table())
             return 0
-        if argv[0] in ("eval", "predict"):
+        if argv[0] in ("eval", "predict", "export"):
             parser = build_saved_run_parser(argv[0])
             args = parser.parse_args(argv[1:])
             checks.check_saved_run_args(parser, args, argv[0])
+            if argv[0] == "predict" and args.onnx:
+                return predict_onnx(args)
             from runner import commands
 
             return commands.guarded(lambda progress: commands.run_saved(parser, args, argv[0]))

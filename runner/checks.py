@@ -218,12 +218,34 @@ def check_saved_run_args(parser: argparse.ArgumentParser, args: argparse.Namespa
     for name in ("config.json", "checkpoint.pt"):
         if not os.path.isfile(os.path.join(args.run_dir, name)):
             parser.error(f"RUN_DIR {args.run_dir}: not a finished run folder (no {name} in it)")
+    if command == "predict" and args.onnx:
+        from runner.deployed import stale_export
+
+        why = stale_export(Path(args.run_dir))
+        if why:
+            parser.error(why)
     if command == "predict":
         for image in args.images:
             if not os.path.isfile(image) or not os.access(image, os.R_OK):
                 parser.error(f"IMAGE {image}: no such readable file")
     elif args.image_folder:
         check_image_folder(parser, args.image_folder)
+    if command == "export" and args.onnx_out:
+        check_onnx_out(parser, args.onnx_out)
+
+
+def check_onnx_out(parser: argparse.ArgumentParser, path: str) -> None:
+    """--onnx-out: a new file in a writable folder, or an ONNX file this tool wrote (which is replaced)."""
+    target = Path(path)
+    if target.is_dir():
+        parser.error(f"--onnx-out {path}: is a folder; give a file name, e.g. {target / 'model.onnx'}")
+    check_creatable_dir(parser, "--onnx-out's folder", str(target.parent), writable=True)
+    if target.exists():
+        from runner.export import is_ours
+
+        if not is_ours(target):
+            parser.error(f"--onnx-out {path}: exists and was not written by this tool; give a new file name "
+                         "(nothing was changed)")
 
 
 def process_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

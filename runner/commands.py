@@ -240,13 +240,19 @@ def run_saved(parser, args, command: str) -> None:
     """eval or predict a finished run (main.py has checked the arguments), in the run's numerics."""
     folder = RunFolder(Path(args.run_dir))
     run = folder.read_config()
-    device = device_or_error(parser, args.device, run.identity.amp)
     from runner import saved
     from data import DataSource
 
+    if command == "export":
+        export_model(folder, run, args)
+        return
+    device = device_or_error(parser, args.device, run.identity.amp)
+
     if command == "predict":
+        from runner.deployed import answer_line
+
         for image, best in zip(args.images, saved.predict(folder, run, args.images, device)):
-            print(f"{image}: " + ", ".join(f"{name} {probability:.4f}" for name, probability in best))
+            print(answer_line(image, best))
         return
     source = DataSource(run.dataset, args.data_dir or run.runtime.data_dir,
                         args.image_folder or run.runtime.image_folder, args.cache_dir or run.runtime.cache_dir,
@@ -260,6 +266,23 @@ def run_saved(parser, args, command: str) -> None:
     print(f"Confusion matrix: {folder / 'confusion.png'}")
     print(f"Mistakes: {report['wrong']} of {report['total']} test images; the {report['shown']} most confident: "
           f"{folder / 'mistakes.png'}")
+
+
+def export_model(folder: RunFolder, run: RunConfig, args) -> None:
+    """export: the run's model as ONNX, checked in ONNX Runtime, and what the check found."""
+    from runner import export
+    from data import DataSource
+
+    out = Path(args.onnx_out) if args.onnx_out else folder.path / export.MODEL_FILE
+    source = replace(DataSource.of(run), data_dir=args.data_dir or run.runtime.data_dir,
+                     image_folder=args.image_folder or run.runtime.image_folder,
+                     cache_dir=args.cache_dir or run.runtime.cache_dir)
+    check = export.export_run(folder, run, out, args.tta, source)
+    print(f"Checked in ONNX Runtime on {check['images']}: largest difference of probabilities "
+          f"{check['difference']:.2e}, top-1 agreement {check['agreement']:.4f}")
+    print(f"ONNX model (opset {export.OPSET}, uint8 pixels in, log-probabilities out"
+          + (f", test-time augmentation inside: {run.recipe.tta})" if args.tta and run.recipe.tta != "none" else ")")
+          + f": {out}")
 
 
 def fail(message: str, code: int, shared: bool = False, marker: Path | None = None) -> int:

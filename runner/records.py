@@ -22,7 +22,8 @@ from runner.settings import TOOL, Recipe, RunConfig, RunIdentity, Runtime, from_
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"
 FAILED = "failed.txt"  # why a run failed for good (a divergence): a sweep goes on with its other runs
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CURVES, CONFUSION, MISTAKES, FAILED)
+MODEL = "model.onnx"  # main.py export's
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CURVES, CONFUSION, MISTAKES, FAILED, MODEL)
 EVENT_FILES, HPARAMS_RUN = "events.out.tfevents.", "hparams"  # TensorBoard's, written by events.py
 FAILURE_MARKER = ".failed"  # a failure no restart can fix, for processes torchrun restarts (distributed.py)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "val_loss", "val_acc"]
