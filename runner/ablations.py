@@ -31,15 +31,15 @@ def check_ablatable(version: int) -> None:
                        "parent has its dataset (3-5, 7-13)")
 
 
-def moved_fields(version: int) -> set:
-    """The --set names the version's ideas move (an idea that changes the model moves all its arguments)."""
-    names = {name for settings in VERSIONS[version].ideas.values() for name in settings}
-    return names | ({"model.*"} if "model" in names else set())
-
-
-def moves(version: int, name: str) -> bool:
-    fields = moved_fields(version)
-    return name in fields or (name.startswith(MODEL_PREFIX) and "model.*" in fields)
+def moving_idea(version: int, name: str) -> str | None:
+    """The idea of the version that moves the --set name, or None. An idea that changes the model moves all its
+    arguments, and one that changes an argument moves the model (whose change would reset the arguments)."""
+    for idea, settings in VERSIONS[version].ideas.items():
+        arguments = any(setting.startswith(MODEL_PREFIX) for setting in settings)
+        if name in settings or (name.startswith(MODEL_PREFIX) and "model" in settings) or (
+                name == "model" and arguments):
+            return idea
+    return None
 
 
 def without(version: int, idea: str) -> Recipe:

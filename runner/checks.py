@@ -189,16 +189,16 @@ def checked_ablation(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     except overrides.SetError as error:
         parser.error(str(error))
     for name in given(Recipe, vars(args)):
-        if name != "epochs" and ablations.moves(version, name):
-            parser.error(f"--{name.replace('_', '-')}: ablate {version} moves {name} itself (see: main.py list); "
-                         "leave it out")
+        idea = ablations.moving_idea(version, name) if name != "epochs" else None
+        if idea:
+            parser.error(f"--{name.replace('_', '-')}: ablate {version} moves {name} itself (idea: {idea}): leave "
+                         "it out")
     for name, values in assignments.items():
         if len(values) > 1:
             parser.error(f"--set {name}: ablate takes one value per field (its arms are the ideas); sweep it with "
                          "main.py VERSIONS --set instead")
-        if ablations.moves(version, name):
-            idea = next(idea for idea, settings in VERSIONS[version].ideas.items()
-                        if name in settings or (name.startswith(overrides.MODEL_PREFIX) and "model" in settings))
+        idea = ablations.moving_idea(version, name)
+        if idea:
             parser.error(f"--set {name}: ablate {version} moves {name} itself (idea: {idea}): leave it "
                          "out")
     arms = ablations.plan(version, args.add)
@@ -241,7 +241,7 @@ def check_onnx_out(parser: argparse.ArgumentParser, path: str) -> None:
         parser.error(f"--onnx-out {path}: is a folder; give a file name, e.g. {target / 'model.onnx'}")
     check_creatable_dir(parser, "--onnx-out's folder", str(target.parent), writable=True)
     if target.exists():
-        from runner.export import is_ours
+        from runner.deployed import is_ours
 
         if not is_ours(target):
             parser.error(f"--onnx-out {path}: exists and was not written by this tool; give a new file name "

@@ -140,12 +140,14 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     planned = [(run, RunFolder(Path(path))) for run, path in zip(runs, paths)]
     mine = planned[distributed.rank()::distributed.world_size()]
     alone = distributed.world_size() == 1
+    baseline = runs[0] if args.ablate else None
     results.run_table(mine, args.force, lambda run, folder, resume: train.fit(run, folder, resume),
-                      (lambda: results.write_results(results_dir, planned)) if alone else None, args.fail_fast)
+                      (lambda: results.write_results(results_dir, planned, baseline)) if alone else None,
+                      args.fail_fast)
     distributed.everyone("waiting for the table's other runs", None)
     if distributed.is_writer():
         chosen = (lambda row: whole_split_command(args, row)) if args.holdout and len(args.arms) > 1 else None
-        results.report(results_dir, planned, chosen, baseline=runs[0] if args.ablate else None)
+        results.report(results_dir, planned, chosen, baseline)
 
 
 def whole_split_command(args, row: dict) -> str:
@@ -162,7 +164,7 @@ def whole_split_command(args, row: dict) -> str:
         words += ["--seeds", ",".join(map(str, args.seeds))]
     for word in overrides.arm_words(row["settings"]):
         words += ["--set", word]
-    return command_line(*words, *procs_words(args))
+    return command_line(*words, *(["--procs", args.procs] if args.procs else []))
 
 
 def train_one(run: RunConfig, args, group, progress: Progress) -> None:
@@ -274,6 +276,7 @@ def export_model(folder: RunFolder, run: RunConfig, args) -> None:
     from data import DataSource
 
     out = Path(args.onnx_out) if args.onnx_out else folder.path / export.MODEL_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
     source = replace(DataSource.of(run), data_dir=args.data_dir or run.runtime.data_dir,
                      image_folder=args.image_folder or run.runtime.image_folder,
                      cache_dir=args.cache_dir or run.runtime.cache_dir)

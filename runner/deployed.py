@@ -9,6 +9,7 @@ import numpy as np
 from runner.errors import RunnerError
 from runner.images import decode_image
 from runner.records import CHECKPOINT, MODEL
+from runner.settings import TOOL
 
 
 def stale_export(run_dir: Path) -> str | None:
@@ -19,6 +20,34 @@ def stale_export(run_dir: Path) -> str | None:
     if checkpoint.is_file() and checkpoint.stat().st_mtime_ns > model.stat().st_mtime_ns:
         return f"{model} is older than the run's checkpoint (the run trained on after the export): export it again"
     return None
+
+
+def is_ours(path: Path) -> bool:
+    """An existing ONNX file that this tool wrote (so export may replace it)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - anything unreadable is nobody's export of ours
+        return False
+    return any(entry.key == "tool" and entry.value == TOOL for entry in model.metadata_props)
+
+
+def open_export(path: Path):
+    """(an ONNX Runtime session of an export of ours, its metadata); RunnerError with what to do otherwise."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RunnerError("predict --onnx needs onnxruntime: pip install onnxruntime") from None
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for a damaged file
+        raise RunnerError(f"{path} cannot be read as an ONNX model ({type(error).__name__}): export the run "
+                          "again") from None
+    facts = session.get_modelmeta().custom_metadata_map
+    if facts.get("tool") != TOOL or not {"classes", "tta", "tta_inside"} <= facts.keys():
+        raise RunnerError(f"{path} was not written by main.py export: export the run again")
+    return session, facts
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -53,13 +82,10 @@ def answer_line(image: str, best: list) -> str:
 
 def predict(run_dir: Path, images: list, top: int = 3) -> list:
     """The top classes with probabilities for each image file, from the run's model.onnx alone."""
-    import onnxruntime
-
     why = stale_export(run_dir)
     if why:
         raise RunnerError(why)
-    session = onnxruntime.InferenceSession(str(run_dir / MODEL), providers=["CPUExecutionProvider"])
-    facts = session.get_modelmeta().custom_metadata_map
+    session, facts = open_export(run_dir / MODEL)
     classes = json.loads(facts["classes"])
     channels, size = session.get_inputs()[0].shape[1:3]
     pixels = np.stack([decode_image(path, channels, size, resize=True) for path in images])

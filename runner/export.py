@@ -53,17 +53,6 @@ def metadata(folder: RunFolder, run: RunConfig, classes: list, tta_inside: bool)
             "epoch": str(state["epoch"]), "step": str(state.get("step", "")), "opset": str(OPSET)}
 
 
-def is_ours(path: Path) -> bool:
-    """An existing ONNX file that this tool wrote (so it may be replaced)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return False
-    return any(entry.key == "tool" and entry.value == TOOL for entry in model.metadata_props)
-
-
 def check_images(run: RunConfig, source: DataSource) -> tuple[torch.Tensor, str]:
     """A batch of the run's test images to check the export on, or synthetic ones when its data is absent."""
     try:
@@ -91,7 +80,7 @@ def export_run(folder: RunFolder, run: RunConfig, out: Path, tta: bool, source: 
     images, what = check_images(run, source)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(wrapped, (images[:2],), input_names=["pixels"],
+        program = torch.onnx.export(wrapped, (images[:2],), dynamo=True, input_names=["pixels"],
                                     output_names=["log_probabilities"], opset_version=OPSET,
                                     dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}}, verbose=False)
     graph = program.model_proto

@@ -213,11 +213,17 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
                                                   training=False), device))
     else:
         size = DATASETS[run.dataset].size
-        train = classic_dataset(source, True, classic_transform(size, recipe.crop_padding, recipe.flip, source.resize))
-        test = classic_dataset(source, bool(source.holdout), classic_transform(size, 0, "none", source.resize))
-        if source.holdout:
-            kept, held = holdout_indices(source, [int(label) for label in train.targets], list(train.classes))
-            train, test = Subset(train, kept.tolist()), Subset(test, held.tolist())
+        resize = source.resize and not source.holdout  # a decoded split has the version's size already
+        transforms = (classic_transform(size, recipe.crop_padding, recipe.flip, resize),
+                      classic_transform(size, 0, "none", resize))
+        if source.holdout:  # the decoded training split, served as torchvision serves it, cut in two
+            whole = load_split(source, True)
+            kept, held = holdout_indices(source, whole.labels.tolist(), whole.classes)
+            train = Subset(SplitDataset(whole, transforms[0]), kept.tolist())
+            test = Subset(SplitDataset(whole, transforms[1]), held.tolist())
+        else:
+            train, test = (classic_dataset(source, split, transform) for split, transform in zip((True, False),
+                                                                                                  transforms))
         loaders = (ClassicLoader(train, BatchPlan(len(train), recipe.batch_size, recipe.drop_last, rank, world),
                                  device, state.generators["shuffle"], state.generators["workers"]),
                    ClassicLoader(test, BatchPlan(len(test), recipe.batch_size, rank=rank, world_size=world,
@@ -244,6 +250,10 @@ def load_splits(run: RunConfig, source: DataSource, resume: bool) -> tuple[dict,
         classes = splits[True].classes
         check_classes(classes, None if source.holdout else splits[False].classes, source.name)
         return splits, classes
-    classes = list(classic_dataset(source, True).classes)
-    check_classes(classes, None if source.holdout else list(classic_dataset(source, False).classes), source.name)
+    if source.holdout:
+        classes = load_split(source, True).classes
+        check_classes(classes, None, source.name)
+    else:
+        classes = list(classic_dataset(source, True).classes)
+        check_classes(classes, list(classic_dataset(source, False).classes), source.name)
     return {True: splits[True]} if splits else {}, classes

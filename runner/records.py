@@ -6,7 +6,6 @@ else is never written to. Only the writing process (rank 0 of several) touches t
 RunFolder that writes nothing.
 """
 import json
-import os
 import pickle
 import shutil
 import sys

@@ -93,6 +93,16 @@ def test_bad_exports_are_one_line_and_leave_nothing_behind(cli, tmp_path):
     assert sorted(path.name for path in run.iterdir() if path.name.startswith(".")) == []
 
 
+def test_an_onnx_file_that_is_not_an_export_is_one_line(cli, tmp_path):
+    run = trained(cli, tmp_path, "1", "--data-dir", make_mnist(tmp_path / "data"))
+    image = write_images(tmp_path, 1, 28, "L")
+    (run / "model.onnx").write_bytes(b"not a model")  # newer than the checkpoint, but no model
+    code, _, err = cli("predict", run, *image, "--onnx")
+    assert code == 1 and "cannot be read as an ONNX model" in err and "Traceback" not in err
+    code, out, err = cli("export", run, "--onnx-out", tmp_path / "new" / "folder" / "m.onnx")
+    assert code == 0 and (tmp_path / "new" / "folder" / "m.onnx").exists(), err
+
+
 def test_an_export_older_than_the_checkpoint_is_refused(cli, tmp_path):
     data = make_mnist(tmp_path / "data")
     run = trained(cli, tmp_path, "1", "--data-dir", data)

@@ -91,6 +91,15 @@ def test_a_held_out_run_never_reads_the_test_split_and_reports_validation(cli, m
     assert (config["holdout"], config["holdout_seed"]) == (50, 0)
 
 
+@pytest.mark.parametrize("loader", ["resident", "torchvision"])
+def test_cifar_without_its_test_batch_trains_with_holdout(cli, cifar_dir, tmp_path, loader):
+    (cifar_dir / "cifar-10-batches-py" / "test_batch").unlink()
+    code, _, err = cli("6", "--holdout", 20, "--epochs", 1, "--batch-size", 20, "--data-dir", cifar_dir, "--out",
+                       tmp_path / "run", "--quiet", "--loader", loader)
+    assert code == 0, err
+    assert read_metrics(tmp_path / "run")[-1]["val_acc"] != ""
+
+
 def test_an_image_folder_without_test_split_trains_with_holdout_only(cli, tmp_path):
     folder = make_image_folder(tmp_path / "images", train=60, test=1)
     for image in (folder / "test").rglob("*.png"):
