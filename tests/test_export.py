@@ -87,6 +87,11 @@ def test_bad_exports_are_one_line_and_leave_nothing_behind(cli, tmp_path):
     assert code == 2 and "was not written by this tool" in err and theirs.read_bytes() == b"somebody's model"
     code, _, err = cli("export", tmp_path / "data")
     assert code == 2 and "not a finished run folder" in err
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text((run / "config.json").read_text())
+    code, _, err = cli("export", unfinished)
+    assert code == 2 and "no checkpoint.pt in it" in err
     (run / "checkpoint.pt").write_bytes(b"damaged")
     code, _, err = cli("export", run)
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
