@@ -108,6 +108,20 @@ def test_an_onnx_file_that_is_not_an_export_is_one_line(cli, tmp_path):
     assert code == 0 and (tmp_path / "new" / "folder" / "m.onnx").exists(), err
 
 
+def test_an_export_that_disagrees_with_pytorch_is_one_line_and_writes_nothing(cli, tmp_path, monkeypatch):
+    from runner import export
+
+    run = trained(cli, tmp_path, "1", "--data-dir", make_mnist(tmp_path / "data"))
+    monkeypatch.setattr(export, "TOLERANCE", 0.0)  # float32 kernels always differ in their last bits
+    code, out, err = cli("export", run)
+    assert code == 1 and "disagrees with PyTorch" in err and "nothing was written" in err
+    assert not (run / "model.onnx").exists() and not any(path.name.startswith(".") for path in run.iterdir())
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, _, err = cli("export", run, "--onnx-out", a_file / "model.onnx")
+    assert code == 2 and "exists and is not a folder" in err
+
+
 def test_an_export_older_than_the_checkpoint_is_refused(cli, tmp_path):
     data = make_mnist(tmp_path / "data")
     run = trained(cli, tmp_path, "1", "--data-dir", data)
