@@ -40,11 +40,11 @@ class PixelModel(nn.Module):
         return tta_output(self.model, pixels.float() / 255, self.tta)
 
 
-def metadata(folder: RunFolder, run: RunConfig, classes: list, tta_inside: bool) -> dict:
-    """What a client needs to know to feed the graph and read its answer, as ONNX metadata (strings)."""
-    state = folder.load_checkpoint()
+def metadata(run: RunConfig, state: dict, tta_inside: bool) -> dict:
+    """What a client needs to know to feed the graph and read its answer, as ONNX metadata (strings); state: the
+    run's checkpoint."""
     channels, size = DATASETS[run.dataset].channels, DATASETS[run.dataset].size
-    return {"tool": TOOL, "version": str(run.version), "classes": json.dumps(classes),
+    return {"tool": TOOL, "version": str(run.version), "classes": json.dumps(list(state["classes"])),
             "input": f"uint8 N x {channels} x {size} x {size}", "colour": "grey" if channels == 1 else "RGB",
             "scaling": "inside the graph: pixels / 255, then the version's fitted input layers",
             "resize": f"to {size}x{size}, bilinear with antialiasing (PIL's Image.resize), aspect ratio not kept",
@@ -74,7 +74,8 @@ def export_run(folder: RunFolder, run: RunConfig, out: Path, tta: bool, source: 
     import onnx
     import onnxruntime
 
-    model, classes = load_trained(folder, run, torch.device("cpu"))
+    state = folder.load_checkpoint()
+    model, _ = load_trained(folder, run, torch.device("cpu"), state)
     model = model.to(memory_format=torch.contiguous_format).float().eval()
     wrapped = PixelModel(model, run.recipe.tta if tta else "none").eval()
     images, what = check_images(run, source)
@@ -84,7 +85,7 @@ def export_run(folder: RunFolder, run: RunConfig, out: Path, tta: bool, source: 
                                     output_names=["log_probabilities"], opset_version=OPSET,
                                     dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}}, verbose=False)
     graph = program.model_proto
-    for key, value in metadata(folder, run, classes, tta).items():
+    for key, value in metadata(run, state, tta).items():
         graph.metadata_props.add(key=key, value=value)
     session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     ours = torch.from_numpy(session.run(None, {"pixels": images.numpy()})[0]).exp()

@@ -15,9 +15,11 @@ from train import TTA_NAMES, autocast, evaluate, on_device, tta_output, uses_cha
 MISTAKES_SHOWN = 64
 
 
-def load_trained(folder: RunFolder, run: RunConfig, device: torch.device) -> tuple[nn.Module, list]:
-    """A saved run's model with the last checkpoint's weights (in eval mode), and its class names."""
-    state = folder.load_checkpoint()
+def load_trained(folder: RunFolder, run: RunConfig, device: torch.device,
+                 state: dict | None = None) -> tuple[nn.Module, list]:
+    """A saved run's model with the last checkpoint's weights (in eval mode), and its class names; `state`: the
+    checkpoint, when the caller has read it already."""
+    state = state or folder.load_checkpoint()
     model = build_model(run.recipe, DATASETS[run.dataset].channels)
     try:
         model.load_state_dict(state["model"])
