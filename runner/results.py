@@ -1,7 +1,6 @@
-"""Several runs as one table: a results folder with a run folder per arm (a version, with its --set settings) and
-seed, and results.md, .csv and .png. Running the same command again skips finished runs and resumes unfinished
-ones; each run's row comes from its
-checkpoint's metrics, cut to the epochs the table asks for."""
+"""Several runs as one table: a results folder with a run folder per arm (a version, with its ablation idea and
+--set settings) and seed, and results.md, .csv and .png. Running the same command again skips finished runs and
+resumes unfinished ones; each run's row comes from its checkpoint's metrics, cut to the epochs the table asks for."""
 import statistics
 from dataclasses import replace
 from pathlib import Path
