@@ -1,0 +1,121 @@
+"""Where a version's training steps and test pass spend their time on this machine, by torch.profiler: the
+convolutions, BatchNorm and GELU (forward and backward, by operator), the optimizer step, the lookahead, the data
+gather, and the rest; in fp32 and in bfloat16 autocast. Synthetic images of the version's shape.
+
+    python scripts/profile_steps.py --version 13 --steps 8 --threads 2
+"""
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+
+from bench import synthetic_split  # noqa: E402
+from configs import VERSIONS  # noqa: E402
+from models import build_model, fit_input_layers  # noqa: E402
+from runner.loaders import BatchPlan, ResidentLoader, augmentation_of  # noqa: E402
+from runner.settings import DATASETS  # noqa: E402
+from runner.state import TrainingState  # noqa: E402
+from train import autocast, on_device, to_model_input, train_step, tta_output, uses_channels_last  # noqa: E402
+
+OPERATORS = {"convolutions": ("convolution",), "BatchNorm": ("batch_norm",), "GELU": ("gelu",)}
+REGIONS = ("data gather", "lookahead", "Optimizer.step")  # record_function labels (the optimizer's is torch's own)
+
+
+def category_times(events, regions: tuple) -> dict:
+    """Milliseconds per category: operators by the self time of their kernels, regions by their whole time."""
+    times = {name: 0.0 for name in (*OPERATORS, *regions)}
+    for event in events:
+        for name, keys in OPERATORS.items():
+            if event.key.startswith("aten::") and any(key in event.key for key in keys):
+                times[name] += event.self_cpu_time_total / 1000
+        for region in regions:
+            if event.key.startswith(region):
+                times[region] += event.cpu_time_total / 1000
+    return times
+
+
+def profile_version(version: int, steps: int, amp: bool) -> tuple[dict, float, dict, float]:
+    """(train categories per step, train milliseconds per step, test categories per batch, test ms per batch)."""
+    row = VERSIONS[version]
+    channels = DATASETS[row.dataset].channels
+    split = synthetic_split(channels, DATASETS[row.dataset].size)
+    torch.manual_seed(0)
+    model = build_model(row.recipe, channels)
+    fit_input_layers(model, split.images, torch.Generator().manual_seed(0))
+    device = torch.device("cpu")
+    model = on_device(model, device)
+    plan = BatchPlan(len(split.labels), row.recipe.batch_size, row.recipe.drop_last)
+    state = TrainingState(version, row.recipe, model, device, 0, len(plan))
+    state.amp = amp
+    loader = ResidentLoader(split, plan, device, state.generators["shuffle"], augmentation_of(row.recipe,
+                                                                                              state.generators))
+    batches = itertools.chain.from_iterable(loader.batches(epoch) for epoch in itertools.count(1))
+    state.epoch = max(row.recipe.lookahead_from, 1)  # so that the lookahead, if the recipe has one, runs
+    channels_last = uses_channels_last(model)
+
+    def step():
+        with record_function("data gather"):
+            images, labels, divisor = next(batches)
+            images, labels = to_model_input(images, labels, device, channels_last)
+        state.begin_step()
+        train_step(state, images, labels, divisor)
+        with record_function("lookahead"):
+            state.end_step()
+
+    for _ in range(2):  # warm-up
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as trained:
+        with record_function("all"):
+            for _ in range(steps):
+                step()
+    test_batch = next(batches)[0][:row.recipe.batch_size]
+    model.eval()
+    with torch.no_grad(), autocast(device, amp):
+        tta_output(model, test_batch, "none")
+        with profile(activities=[ProfilerActivity.CPU]) as tested:
+            with record_function("all"):
+                for _ in range(steps):
+                    tta_output(model, test_batch, "none")
+    train_events, test_events = trained.key_averages(), tested.key_averages()
+    train_total = next(event for event in train_events if event.key == "all").cpu_time_total / 1000
+    test_total = next(event for event in test_events if event.key == "all").cpu_time_total / 1000
+    per_step = {name: value / steps for name, value in category_times(train_events, REGIONS).items()}
+    per_batch = {name: value / steps for name, value in category_times(test_events, ()).items()}
+    return per_step, train_total / steps, per_batch, test_total / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", type=int, default=13)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {numerics: profile_version(args.version, args.steps, numerics == "bf16")
+               for numerics in ("fp32", "bf16")}
+    batch = VERSIONS[args.version].recipe.batch_size
+    print(f"| version {args.version}, batch {batch}, ms | " + " | ".join(
+        f"train step {numerics} | test batch {numerics}" for numerics in results) + " |")
+    print("|---|" + "---|---|" * len(results))
+    names = list(results["fp32"][0])
+    for name in names + ["other", "total"]:
+        cells = []
+        for per_step, step_total, per_batch, batch_total in results.values():
+            if name == "total":
+                cells += [f"{step_total:.0f}", f"{batch_total:.0f}"]
+            elif name == "other":
+                cells += [f"{step_total - sum(per_step.values()):.0f}", f"{batch_total - sum(per_batch.values()):.0f}"]
+            else:
+                cells += [f"{per_step[name]:.0f}", f"{per_batch[name]:.0f}" if name in per_batch else "-"]
+        label = "optimizer step" if name == "Optimizer.step" else name
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
