@@ -1,6 +1,7 @@
 """The checks of a command line that need no data and no torch, in the order a user would fix them: each failure
 is argparse's usage error (exit 2) naming the bad value."""
 import argparse
+import collections
 import json
 import os
 from pathlib import Path
@@ -61,7 +62,8 @@ def check_holdout(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                 classes, samples = list_image_folder(split_folder(args.image_folder, True))
             except DataError as error:
                 parser.error(f"--image-folder {args.image_folder}: {error}")
-            sizes = [sum(1 for _, label in samples if label == index) for index in range(len(classes))]
+            counts = collections.Counter(label for _, label in samples)
+            sizes = [counts[index] for index in range(len(classes))]
         else:
             classes, sizes = None, DATASETS[VERSIONS[version].dataset].class_sizes
         try:
