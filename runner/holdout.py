@@ -15,7 +15,7 @@ class HoldoutError(ValueError):
 
 def shares(class_counts: list, count: int, classes: list | None = None) -> list:
     """How many images each class gives: count split in proportion to the class sizes, summing to count exactly.
-    Every class keeps at least one image to train on."""
+    Every class that has images keeps at least one to train on."""
     total = sum(class_counts)
     exact = [divmod(count * size, total) for size in class_counts]
     taken = [whole for whole, _ in exact]
@@ -23,7 +23,7 @@ def shares(class_counts: list, count: int, classes: list | None = None) -> list:
     for index in by_remainder[:count - sum(taken)]:
         taken[index] += 1
     for index, (given, size) in enumerate(zip(taken, class_counts)):
-        if given >= size:
+        if size and given >= size:
             name = classes[index] if classes else index
             raise HoldoutError(f"--holdout {count}: class {name} has {size:,} training images and would give "
                                f"{given:,}, leaving none to train on; hold out fewer (the training split has "

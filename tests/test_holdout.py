@@ -21,6 +21,7 @@ def test_shares_follow_the_class_sizes_and_add_up_exactly():
     assert holdout.shares([100] * 10, 50) == [5] * 10
     assert holdout.shares([300, 100], 40) == [30, 10]
     assert holdout.shares([10, 10, 10], 5) == [2, 2, 1]  # equal remainders: the first classes give first
+    assert holdout.shares([0, 10], 5) == [0, 5]  # a class without images gives none and is no error
     mnist = list(DATASETS["mnist"].class_sizes)
     taken = holdout.shares(mnist, 5000)
     assert sum(taken) == 5000
