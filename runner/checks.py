@@ -144,11 +144,10 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     if args.resize and not args.image_folder:
         parser.error("--resize resizes the images of an --image-folder: give one")
     if args.ablate:
-        args.ablation = checked_ablation(parser, args, args.loader == "torchvision")
-        args.arms = [{}] if not args.set else overrides.grid(overrides.parse_assignments(args.set))
+        args.ablation, args.arms = checked_ablation(parser, args)
         args.versions = sorted({arm.version for arm in args.ablation})
     else:
-        args.arms = checked_arms(parser, args, args.loader == "torchvision")
+        args.arms = checked_arms(parser, args)
     args.folder_versions = set()
     if args.image_folder:
         check_image_folder(parser, args.image_folder, holdout=bool(args.holdout))
@@ -158,9 +157,8 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     check_creatable_dir(parser, "--out" if args.out else "runs", args.out or "runs", writable=True)
 
 
-def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace, classic_loader: bool) -> list:
-    """The arms of the --set settings ([{}] without any), each checked on every version asked for: a name, value
-    or combination that cannot run is a usage error before any data is read."""
+def parsed_assignments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The --set assignments, parsed by their types, none of them also set by its shorthand flag."""
     try:
         assignments = overrides.parse_assignments(args.set or [])
     except overrides.SetError as error:
@@ -169,27 +167,36 @@ def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace, clas
     if shorthands:
         flag = "--" + shorthands[0].replace("_", "-")
         parser.error(f"{flag} and --set {shorthands[0]}=... both set {shorthands[0]}: give one of them")
-    arms = overrides.grid(assignments)
-    flags = given(Recipe, vars(args))
+    return assignments
+
+
+def check_arm(parser: argparse.ArgumentParser, base: Recipe, dataset: str, settings: dict, args: argparse.Namespace,
+              where: str) -> None:
+    """A recipe with the recipe flags and an arm's --set settings must be able to run (a usage error otherwise)."""
+    try:
+        recipe = overrides.arm_recipe(base, given(Recipe, vars(args)), settings)
+        overrides.check_recipe(recipe, dataset, args.loader == "torchvision")
+    except overrides.SetError as error:
+        parser.error(f"{where}: {error}")
+
+
+def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
+    """The arms of the --set settings ([{}] without any), each checked on every version asked for: a name, value
+    or combination that cannot run is a usage error before any data is read."""
+    arms = overrides.grid(parsed_assignments(parser, args))
     for version in args.versions:
         for arm in arms:
-            try:
-                recipe = overrides.arm_recipe(VERSIONS[version].recipe, flags, arm)
-                overrides.check_recipe(recipe, VERSIONS[version].dataset, classic_loader)
-            except overrides.SetError as error:
-                words = " ".join(overrides.arm_words(arm))
-                parser.error(f"version {version}{' with ' + words if words else ''}: {error}")
+            words = " ".join(overrides.arm_words(arm))
+            check_arm(parser, VERSIONS[version].recipe, VERSIONS[version].dataset, arm, args,
+                      f"version {version}{' with ' + words if words else ''}")
     return arms
 
 
-def checked_ablation(parser: argparse.ArgumentParser, args: argparse.Namespace, classic_loader: bool) -> list:
+def checked_ablation(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list, list]:
     """The arms of `ablate V` (ablations.Arm), each checked with the --set settings given, which must hold one
-    value each and leave alone the fields V's ideas move."""
+    value each and leave alone the fields V's ideas move; and those settings as the one arm of the --set grid."""
     version = args.versions[0]
-    try:
-        assignments = overrides.parse_assignments(args.set or [])
-    except overrides.SetError as error:
-        parser.error(str(error))
+    assignments = parsed_assignments(parser, args)
     for name in given(Recipe, vars(args)):
         idea = ablations.moving_idea(version, name) if name != "epochs" else None
         if idea:
@@ -203,16 +210,11 @@ def checked_ablation(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         if idea:
             parser.error(f"--set {name}: ablate {version} moves {name} itself (idea: {idea}): leave it "
                          "out")
-    arms = ablations.plan(version, args.add)
-    settings = overrides.grid(assignments)[0]
-    flags = given(Recipe, vars(args))
+    arms, settings = ablations.plan(version, args.add), overrides.grid(assignments)
     for arm in arms:
-        try:
-            recipe = overrides.arm_recipe(arm.recipe, flags, settings)
-            overrides.check_recipe(recipe, VERSIONS[arm.version].dataset, classic_loader)
-        except overrides.SetError as error:
-            parser.error(f"ablate {version}, arm v{arm.version} {arm.idea or '(its own recipe)'}: {error}")
-    return arms
+        check_arm(parser, arm.recipe, VERSIONS[arm.version].dataset, settings[0], args,
+                  f"ablate {version}, arm v{arm.version} {arm.idea or '(its own recipe)'}")
+    return arms, settings
 
 
 def check_saved_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> None:

@@ -93,6 +93,7 @@ def test_add_plans_the_parent_with_each_idea_alone():
     (["ablate", "12", "--set", "model.widths=32x64x64"], "moves model.widths itself (idea: airbench network)"),
     (["ablate", "11", "--batch-size", "64"], "--batch-size: ablate 11 moves batch_size itself (idea: batch 512)"),
     (["ablate", "9", "--set", "weight_decay=0,0.001"], "ablate takes one value per field"),
+    (["ablate", "9", "--epochs", "2", "--set", "epochs=3"], "--epochs and --set epochs=... both set epochs"),
     (["ablate", "9", "--set", "model=AirbenchNet"], "ablate 9 moves model itself (idea: dropout)"),
     (["ablate", "13", "--loader", "torchvision"], "flip=alternating needs the resident loader"),
 ])
