@@ -14,9 +14,9 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from data import DataSource, Split, check_classes, classic_dataset, cut_holdout, holdout_indices, load_split
+from data import DataSource, Split, check_classes, classic_dataset, cut_holdout, load_split
 from runner.errors import DataError
 from runner.settings import DATASETS, Recipe, RunConfig
 
@@ -216,11 +216,9 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
         resize = source.resize and not source.holdout  # a decoded split has the version's size already
         transforms = (classic_transform(size, recipe.crop_padding, recipe.flip, resize),
                       classic_transform(size, 0, "none", resize))
-        if source.holdout:  # the decoded training split, served as torchvision serves it, cut in two
-            whole = load_split(source, True)
-            kept, held = holdout_indices(source, whole.labels.tolist(), whole.classes)
-            train = Subset(SplitDataset(whole, transforms[0]), kept.tolist())
-            test = Subset(SplitDataset(whole, transforms[1]), held.tolist())
+        if source.holdout:  # the two parts of the decoded training split, served as torchvision serves a split
+            train, test = (SplitDataset(splits[part], transform) for part, transform in zip((True, False),
+                                                                                              transforms))
         else:
             train, test = (classic_dataset(source, split, transform) for split, transform in zip((True, False),
                                                                                                   transforms))
@@ -236,24 +234,21 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
 
 def load_splits(run: RunConfig, source: DataSource, resume: bool) -> tuple[dict, list]:
     """The splits the run needs in memory ({True: trained on, False: tested on}) and the class names: both for
-    the resident loader; for the classic one only the part trained on, and only when input layers are fitted to
-    it. Under --holdout both parts are cut from the training split and the test split is never read."""
+    the resident loader and under --holdout, which cuts both parts from the training split and never reads the
+    test split; for the classic loop otherwise only the training split, and only when input layers are fitted to
+    it."""
     resident = run.identity.loader == "resident"
     splits = {}
-    if resident or (not resume and (run.recipe.normalize or run.recipe.whitening)):
+    if resident or source.holdout or (not resume and (run.recipe.normalize or run.recipe.whitening)):
         splits[True] = load_split(source, True)
         if source.holdout:
             splits[True], splits[False] = cut_holdout(source, splits[True])
         elif resident:
             splits[False] = load_split(source, False)
-    if resident:
+    if len(splits) == 2:
         classes = splits[True].classes
         check_classes(classes, None if source.holdout else splits[False].classes, source.name)
-        return splits, classes
-    if source.holdout:
-        classes = load_split(source, True).classes
-        check_classes(classes, None, source.name)
     else:
         classes = list(classic_dataset(source, True).classes)
         check_classes(classes, list(classic_dataset(source, False).classes), source.name)
-    return {True: splits[True]} if splits else {}, classes
+    return splits, classes
