@@ -222,7 +222,8 @@ SOLO = Group()
 
 def process_device(name: str) -> str:
     """This process's device. Under several processes, `cuda` (and `auto` where CUDA is) is cuda:LOCAL_RANK and a
-    list gives each local process its own entry; ValueError when the processes would share one GPU."""
+    list gives each local process its own entry; ValueError when the processes would share one GPU (NCCL refuses
+    two processes on one GPU)."""
     names = name.split(",")
     local_processes = environment("LOCAL_WORLD_SIZE", 1)
     if len(names) > 1:
@@ -232,6 +233,9 @@ def process_device(name: str) -> str:
     if not launched():
         return name
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if local_processes > torch.cuda.device_count():
+            raise ValueError(f"--device {name}: {local_processes} processes on this machine but "
+                             f"{torch.cuda.device_count()} CUDA GPU(s); start one process per GPU, or give --device cpu")
         return f"cuda:{local_rank()}"
     if name.startswith("cuda:") and local_processes > 1:
         raise ValueError(shared_gpu(name, local_processes))

@@ -19,7 +19,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 
 echo "== 1. the CUDA tests first (so a failure elsewhere cannot hide them), then the rest of the suite"
 timeout 120 python3 -m pytest -q tests/test_gpu.py 2>&1 | tail -15
-timeout 240 python3 -m pytest -q -x tests --ignore=tests/test_gpu.py 2>&1 | tail -5
+timeout 240 python3 -m pytest -q -x -n 8 tests --ignore=tests/test_gpu.py 2>&1 | tail -5
 
 echo "== 2. bench.py --synthetic"
 timeout 150 python3 bench.py --synthetic --versions 1,9 --steps 100 --repeats 3

@@ -22,6 +22,20 @@ import torch  # noqa: E402
 # One thread: tiny batches gain nothing from more, and on a busy machine OpenMP threads waiting on each other stall.
 torch.set_num_threads(1)
 
+
+
+@pytest.fixture(autouse=True)
+def runs_on_the_cpu(request, monkeypatch):
+    """Outside tests/test_gpu.py every run is a CPU run, on a machine with a GPU too: there `auto` would take the
+    GPU, and the CPU's promises (exact resume, two gloo processes on one machine) are what these tests check. The
+    subprocesses inherit the hidden GPU through CUDA_VISIBLE_DEVICES."""
+    if request.module.__name__ == "test_gpu":
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

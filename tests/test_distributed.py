@@ -230,6 +230,11 @@ def test_each_process_gets_its_own_device(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name in ("auto", "cuda"):
+        with pytest.raises(ValueError, match="2 processes on this machine but 1 CUDA GPU"):
+            distributed.process_device(name)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.process_device("auto") == "cuda:1" and distributed.process_device("cuda") == "cuda:1"
     assert distributed.process_device("cuda:2,cuda:3") == "cuda:3" and distributed.process_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="share one GPU"):
