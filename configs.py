@@ -13,14 +13,16 @@ VERSIONS: dict = {}
 
 
 def rung(number: int, dataset: str, ideas: dict, params: int, reference: tuple | None, remark: str,
-         reference_source: str = "seed", epochs: int | None = None) -> None:
-    """Add row `number` to the ladder: the row before it with `ideas` applied (row 1: the seed's recipe)."""
+         reference_source: str = "seed", epochs: int | None = None, autocast: bool = False) -> None:
+    """Add row `number` to the ladder: the row before it with `ideas` applied (row 1: the seed's recipe);
+    `autocast`: bfloat16 by default where the device computes in it."""
     parent = number - 1 if number > 1 else None
     recipe = VERSIONS[parent].recipe if parent else Recipe("MLP")
     recipe = apply(recipe, {name: value for settings in ideas.values() for name, value in settings.items()})
     if epochs:
         recipe = replace(recipe, epochs=epochs)
-    VERSIONS[number] = Version(number, dataset, recipe, params, reference, remark, reference_source, parent, ideas)
+    VERSIONS[number] = Version(number, dataset, recipe, params, reference, remark, reference_source, parent, ideas,
+                              autocast)
 
 
 rung(1, "mnist", {}, 79510, (0.95, 0.95), "We start with a simple MLP on MNIST")
@@ -56,11 +58,13 @@ rung(12, "cifar10", {
     "airbench network": {"model": "AirbenchNet"},
     "airbench optimiser": {"lr": 1.5, "momentum": 0.85, "weight_decay": 0.0153 / 11.5, "norm_bias_lr_scale": 64},
     "batch 1024": {"batch_size": 1024, "drop_last": True},
-}, 1960384, (0.9032, 0.8800), "A network built for 32x32 images learns far more per second", "ours", epochs=10)
+}, 1960384, (0.9032, 0.8800), "A network built for 32x32 images learns far more per second", "ours", epochs=10,
+    autocast=True)
 rung(13, "cifar10", {
     "whitening": {"whitening": True},
     "translation by 2": {"crop_padding": 2},
     "alternating flips": {"flip": "alternating"},
     "lookahead": {"lookahead_from": 3},
     "test-time augmentation": {"tta": "mirror+shift"},
-}, 1972792, (0.9534, 0.9071), "Patch whitening, alternating flips, lookahead and test-time augmentation", "ours")
+}, 1972792, (0.9534, 0.9071), "Patch whitening, alternating flips, lookahead and test-time augmentation", "ours",
+    autocast=True)

@@ -92,7 +92,8 @@ def add_setting(group, setting) -> None:
     if meta["choices"]:
         group.add_argument(meta["flag"], dest=setting.name, choices=meta["choices"], help=meta["help"])
     elif meta["parse"] is None:
-        group.add_argument(meta["flag"], dest=setting.name, action="store_true", default=None, help=meta["help"])
+        action = argparse.BooleanOptionalAction if meta["negatable"] else "store_true"
+        group.add_argument(meta["flag"], dest=setting.name, action=action, default=None, help=meta["help"])
     else:
         group.add_argument(meta["flag"], dest=setting.name, type=meta["parse"], metavar=meta["metavar"],
                            help=meta["help"])
@@ -232,6 +233,9 @@ def version_table() -> str:
         footer += f"; for {', '.join(map(str, ours))} our own full runs on the CIFAR-10 JPEG copy (see README.md)"
     if len(ours) + len(seed_rows) < len(VERSIONS):
         footer += "; - : not measured yet"
+    autocast = [str(n) for n, row in VERSIONS.items() if row.autocast]
+    footer += (f".\n {', '.join(autocast)} train in bfloat16 autocast by default where the device computes in it "
+               "(--no-amp: fp32)")
     ideas = ["", "Each row's ideas over its parent (main.py ablate V takes them out one at a time):"]
     for row in VERSIONS.values():
         if row.parent is None:

@@ -7,6 +7,7 @@ dropout draw from generators the checkpoint keeps, and testing draws from none, 
 exactly and testing more or less often never changes the trained weights.
 """
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 
@@ -228,7 +229,12 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
         state.classes = classes
     folder.write_config(run, params=count_parameters(model), classes=classes)
     wrapped = group.wrap(model, device, run.identity.sync_bn)
-    state.step_model = torch.compile(wrapped) if runtime.compile else wrapped
+    if run.identity.compile:
+        # compiled code kept with the decoded datasets, so that later runs of the same model skip most of the build
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(runtime.cache_dir, "inductor"))
+        state.step_model = torch.compile(wrapped)
+    else:
+        state.step_model = wrapped
     say(f"Model Parameter Count: {count_parameters(model)}")
     say("Training...")
     log = RunLog(folder, state.step, run.identity.evaluated)
@@ -266,9 +272,11 @@ def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loa
     line = f"Epoch {epoch} / {recipe.epochs} | Train Loss: {train_loss:.4f} | Train Acc: {train_acc:.4f}"
     test = None
     if epoch % runtime.eval_every == 0 or last:
+        tested = time.perf_counter()
         test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, group=state.group,
                         keep_outputs=last and recipe.tta == "none" and test_split is not None and folder.writer)
-        row.update({f"{split}_loss": test.loss, f"{split}_acc": test.accuracy})
+        row.update({f"{split}_loss": test.loss, f"{split}_acc": test.accuracy,
+                    "test_seconds": round(time.perf_counter() - tested, 3)})
         line += f" | {SPLIT_TITLES[split]} Loss: {test.loss:.4f} | {SPLIT_TITLES[split]} Acc: {test.accuracy:.4f}"
     row["seconds"] = round(time.perf_counter() - started, 3)
     if last and recipe.tta != "none":

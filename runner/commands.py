@@ -12,7 +12,8 @@ from configs import VERSIONS
 from runner.console import EXIT_CODES, STOP, Stopped
 from runner.errors import RunnerError
 from runner.records import CHECKPOINT, RunFolder, leave_failure_marker
-from runner.settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, given, was_given
+from runner.settings import (Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, flag_given,
+                             flag_words, given)
 
 
 TRACEBACK = "BASIC_IMAGE_CLASSIFICATION_TRACEBACK"  # set it to see an unexpected failure's traceback
@@ -66,9 +67,11 @@ def run_config(version: int, args, seed: int, device, group, arm: dict, base: Re
     """A version's run as the command line asks for it, in one arm of its --set settings; an ablation's arm
     starts from its own recipe (`base`) instead of the version's."""
     from data import DataSource, data_identity
+    from runner.devices import resolve_amp
 
     row, values = VERSIONS[version], vars(args)
     changes, identity = given(Recipe, values), dict(given(RunIdentity, values), seed=seed)
+    identity["amp"] = resolve_amp(values.get("amp"), row.autocast, device)
     folder = args.image_folder if version in args.folder_versions else None
     runtime = Runtime(**{**given(Runtime, values), "device": str(device),
                          "threads": distributed.process_threads(args.threads) if distributed.launched() else
@@ -108,12 +111,18 @@ def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, 
 
 def run_training(parser, args, argv: list, progress: Progress) -> None:
     from runner import results
+    from runner.devices import can_compile
     import train
 
     if args.resume:
         resume(parser, args, progress)
         return
     device = device_or_error(parser, args.device or "auto", bool(args.amp))
+    if args.compile and not can_compile(device):
+        args.compile = None
+        if distributed.is_writer():
+            print("--compile: no C++ compiler here (torch.compile needs one on the CPU); training uncompiled",
+                  file=sys.stderr)
     seeds = args.seeds or [args.seed or 0]
     # --seeds, sweeps and ablations write a results folder, even of one run
     several = len(args.versions) > 1 or len(args.arms) > 1 or args.seeds is not None or args.ablate
@@ -157,9 +166,8 @@ def whole_split_command(args, row: dict) -> str:
     for kind in (Recipe, RunIdentity, Runtime):
         for setting in flag_fields(kind):
             value = values.get(setting.name)
-            if setting.name in ("holdout", "holdout_seed") or not was_given(value):
-                continue
-            words += [setting.metadata["flag"]] if value is True else [setting.metadata["flag"], value]
+            if setting.name not in ("holdout", "holdout_seed") and flag_given(setting, value):
+                words += flag_words(setting, value)
     if args.seeds is not None:
         words += ["--seeds", ",".join(map(str, args.seeds))]
     for word in overrides.arm_words(row["settings"]):
@@ -190,7 +198,7 @@ def train_one(run: RunConfig, args, group, progress: Progress) -> None:
 
 def resume(parser, args, progress: Progress) -> None:
     """Continue a run folder: only runtime settings may change, and --epochs may grow unless a schedule spans the
-    run's steps. Switches (--compile, --quiet) are as given now; paths, threads and --eval-every as before unless
+    run's steps. --quiet is as given now; paths, threads and --eval-every as before unless
     given."""
     folder = RunFolder(Path(args.resume))
     run = folder.read_config()

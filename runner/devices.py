@@ -2,6 +2,7 @@
 random stream of a run takes."""
 import os
 import random
+import shutil
 import zlib
 
 import numpy as np
@@ -37,6 +38,30 @@ def check_amp(device: torch.device) -> None:
         except (RuntimeError, TypeError):
             raise ValueError("--amp: this MPS device has no bfloat16 support (macOS 14 or newer has it); run without "
                              "--amp") from None
+
+
+def computes_in_bfloat16(device: torch.device) -> bool:
+    """Whether the device has bfloat16 arithmetic of its own: a CPU with AVX-512 BF16 or AMX instructions (without
+    them autocast emulates it, slower than fp32), a GPU with bfloat16 support. MPS is not measured: no."""
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, probe, lambda: False)()
+                   for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return False
+
+
+def resolve_amp(asked: bool | None, version_gains: bool, device: torch.device) -> bool:
+    """--amp or --no-amp as given; otherwise on for a version measured to gain from it, where the device computes
+    in bfloat16 (fp32 elsewhere, never an error)."""
+    if asked is not None:
+        return asked
+    return version_gains and computes_in_bfloat16(device)
+
+
+def can_compile(device: torch.device) -> bool:
+    """torch.compile's CPU code is C++ that inductor builds with the machine's compiler."""
+    return device.type != "cpu" or any(shutil.which(name) for name in (os.environ.get("CXX", "c++"), "g++", "clang++"))
 
 
 def derive_seed(seed: int, *keys) -> int:

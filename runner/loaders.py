@@ -201,6 +201,15 @@ def augmentation_of(recipe: Recipe, generators: dict) -> Augmentation | None:
     return Augmentation(recipe.crop_padding, recipe.flip, generators["augment"], generators["flip"])
 
 
+EVAL_BATCH = 1024
+
+
+def eval_batch_size(recipe) -> int:
+    """Tests take batches of at least EVAL_BATCH images (the training batch when larger): a test holds no
+    gradients, so a batch that size fits wherever training does, and fewer, larger batches test faster."""
+    return max(recipe.batch_size, EVAL_BATCH)
+
+
 def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device: torch.device):
     """Train and test loaders on one batch plan per split; the test split in order, drawing nothing random.
     state: the TrainingState, whose generators and group the loaders follow."""
@@ -209,8 +218,8 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
         train, test = splits[True], splits[False]
         loaders = (ResidentLoader(train, BatchPlan(len(train.labels), recipe.batch_size, recipe.drop_last, rank, world),
                                   device, state.generators["shuffle"], augmentation_of(recipe, state.generators)),
-                   ResidentLoader(test, BatchPlan(len(test.labels), recipe.batch_size, rank=rank, world_size=world,
-                                                  training=False), device))
+                   ResidentLoader(test, BatchPlan(len(test.labels), eval_batch_size(recipe), rank=rank,
+                                                  world_size=world, training=False), device))
     else:
         size = DATASETS[run.dataset].size
         resize = source.resize and not source.holdout  # a decoded split has the version's size already
@@ -224,7 +233,7 @@ def make_loaders(run: RunConfig, source: DataSource, splits: dict, state, device
                                                                                                   transforms))
         loaders = (ClassicLoader(train, BatchPlan(len(train), recipe.batch_size, recipe.drop_last, rank, world),
                                  device, state.generators["shuffle"], state.generators["workers"]),
-                   ClassicLoader(test, BatchPlan(len(test), recipe.batch_size, rank=rank, world_size=world,
+                   ClassicLoader(test, BatchPlan(len(test), eval_batch_size(recipe), rank=rank, world_size=world,
                                                  training=False), device, None, None))
     if not len(loaders[0]):
         raise DataError(f"{source.name}: the training split is smaller than one batch of {recipe.batch_size} and the "

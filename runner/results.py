@@ -75,9 +75,10 @@ def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
     changes = run_differences(folder.read_config(), planned)
     if changes:
         name, theirs, ours = changes[0]
-        why = " (its schedule spans the epochs it was trained with)" if name == "epochs" else ""
-        raise RunnerError(f"{folder.path} was trained with {name}={theirs!r}{why}, this command asks {ours!r}: use "
-                          "another --out, or --force to start over")
+        why = {"epochs": " (its schedule spans the epochs it was trained with)",
+               "amp": f" (bfloat16 autocast; give {'--amp' if theirs else '--no-amp'} to continue its folder)"}
+        raise RunnerError(f"{folder.path} was trained with {name}={theirs!r}{why.get(name, '')}, this command asks "
+                          f"{ours!r}: use another --out, or --force to start over")
 
 
 def place_runs(results_dir: Path, runs: list, seeds_given: bool) -> list:

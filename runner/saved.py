@@ -6,7 +6,7 @@ from torch import nn
 from runner import plots
 from data import DataSource, check_classes, load_image, load_split
 from runner.errors import CheckpointError
-from runner.loaders import BatchPlan, ResidentLoader
+from runner.loaders import BatchPlan, ResidentLoader, eval_batch_size
 from models import build_model
 from runner.records import CONFUSION, MISTAKES, RunFolder
 from runner.settings import DATASETS, RunConfig
@@ -35,7 +35,7 @@ def evaluate_run(folder: RunFolder, run: RunConfig, device: torch.device, source
     model, classes = load_trained(folder, run, device)
     test = load_split(source, train=False)
     check_classes(classes, test.classes, source.name)
-    loader = ResidentLoader(test, BatchPlan(len(test.labels), run.recipe.batch_size), device)
+    loader = ResidentLoader(test, BatchPlan(len(test.labels), eval_batch_size(run.recipe)), device)
     result = evaluate(model, loader, device, run.identity.amp, quiet, len(classes), tta=run.recipe.tta,
                       keep_outputs=True)
     per_class = (result.confusion.diag() / result.confusion.sum(dim=1).clamp(min=1)).tolist()

@@ -83,9 +83,12 @@ def device_name(text: str) -> str:
     return text
 
 
-def option(flag: str, help: str, parse=None, metavar: str = "N", choices: tuple = (), grows: bool = False) -> dict:
-    """Field metadata: the field is set by `flag` (a switch when parse and choices are both empty)."""
-    return {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "choices": choices, "grows": grows}
+def option(flag: str, help: str, parse=None, metavar: str = "N", choices: tuple = (), grows: bool = False,
+           negatable: bool = False) -> dict:
+    """Field metadata: the field is set by `flag` (a switch when parse and choices are both empty; a negatable
+    switch also has --no-NAME, and neither leaves the choice to the version and the device)."""
+    return {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "choices": choices, "grows": grows,
+            "negatable": negatable}
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,13 @@ class RunIdentity:
     loader: str = field(default="resident", metadata=option(
         "--loader", "resident: whole dataset on the device (default); torchvision: the classic DataLoader",
         metavar="L", choices=("resident", "torchvision")))
-    amp: bool = field(default=False, metadata=option("--amp", "bfloat16 autocast (changes numerics)"))
+    # resolved: --amp, --no-amp, or where neither is given the version's default on a device that computes in
+    # bfloat16 (see devices.resolve_amp)
+    amp: bool = field(default=False, metadata=option(
+        "--amp", "bfloat16 autocast on (--amp) or off (--no-amp); by default on for the versions that gain from it "
+        "(see list) where the device computes in bfloat16", negatable=True))
+    compile: bool = field(default=False, metadata=option(
+        "--compile", "torch.compile the model for the run's life (changes numerics in the last bits)"))
     deterministic: bool = field(default=False, metadata=option(
         "--deterministic", "torch's deterministic algorithms (CUDA: slower, repeatable)"))
     sync_bn: bool = field(default=False, metadata=option(
@@ -243,7 +252,6 @@ class Runtime:
         "else ~/.cache/basic-image-classification)", str, "DIR"))
     eval_every: int = field(default=1, metadata=option(
         "--eval-every", "test every K epochs (default 1; the last epoch is always tested)", positive_int, "K"))
-    compile: bool = field(default=False, metadata=option("--compile", "torch.compile the model"))
     quiet: bool = field(default=False, metadata=option("--quiet", "no progress bars"))
     rank: int = 0
     world_size: int = 1
@@ -278,6 +286,8 @@ class Version:
     reference_source: str = "seed"  # seed: the seed's published numbers; ours: a run of ours (see README)
     parent: int | None = None
     ideas: dict = field(default_factory=dict)
+    # bfloat16 autocast by default where the device computes in it: measured as accurate as fp32, and faster
+    autocast: bool = False
 
 
 def flag_fields(kind: type) -> list:
@@ -295,9 +305,21 @@ def was_given(value) -> bool:
     return value is not None and value is not False
 
 
+def flag_given(setting, value) -> bool:
+    """Whether a setting's flag was given: a negatable switch's False is its --no- form."""
+    return was_given(value) or (setting.metadata["negatable"] and value is False)
+
+
+def flag_words(setting, value) -> list:
+    """The command-line words that give a setting this value."""
+    if value is True or value is False:
+        return [setting.metadata["flag"].replace("--", "--" if value else "--no-", 1)]
+    return [setting.metadata["flag"], value]
+
+
 def given(kind: type, values: dict) -> dict:
     """The flags of `kind` that were given among parsed values."""
-    return {f.name: values[f.name] for f in flag_fields(kind) if was_given(values.get(f.name))}
+    return {f.name: values[f.name] for f in flag_fields(kind) if flag_given(f, values.get(f.name))}
 
 
 def from_record(kind: type, record: dict, **defaults):

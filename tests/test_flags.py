@@ -61,6 +61,8 @@ def flag_runs(tmp_path, data) -> dict:
         "--loader": base + ["--loader", "torchvision"],
         "--eval-every": base + ["--eval-every", "2"],
         "--amp": base + ["--amp", "--device", "cpu"],
+        "--no-amp": ["12", "--epochs", "1", "--batch-size", "16", "--image-folder", folder, "--resize", "--no-amp",
+                     "--quiet"],
         "--compile": base + ["--compile", "--device", "cpu"],
         "--deterministic": base + ["--deterministic"],
         "--threads": base + ["--threads", "2"],
@@ -96,9 +98,12 @@ def probe(flag: str, monkeypatch, tmp_path):
         return real_step(state, *args)
 
     monkeypatch.setattr(train, "train_step", watched_step)
-    if flag == "--amp":
+    if flag in ("--amp", "--no-amp"):
+        from runner import devices
+
+        monkeypatch.setattr(devices, "computes_in_bfloat16", lambda device: True)  # version 12's default: bfloat16
         dtypes = watch_output_dtypes(monkeypatch, torch.nn.Linear)
-        return lambda: dtypes == {torch.bfloat16}
+        return lambda: dtypes == {torch.bfloat16 if flag == "--amp" else torch.float32}
     if flag == "--compile":
         return lambda: {step["model"] for step in steps} == {"OptimizedModule"}
     if flag == "--deterministic":

@@ -1,0 +1,100 @@
+"""Numerics that follow the device: bfloat16 autocast by default for the versions measured to gain from it, where
+the device computes in bfloat16; --amp and --no-amp as given; the resolved choice recorded and compared as part
+of a run's identity. Compilation fixed for a run's life, uncompiled with one line where no C++ compiler is. Tests
+in batches of at least a thousand images, in the run's numerics, timed."""
+import json
+
+import pytest
+import torch
+
+import configs
+from conftest import make_image_folder, read_metrics, watch_output_dtypes
+from runner import devices, loaders
+
+
+@pytest.fixture
+def images(tmp_path):
+    return make_image_folder(tmp_path / "images", train=48, test=40)
+
+
+def tiny(version: str, folder, out, *extra) -> tuple:
+    return (version, "--epochs", 1, "--batch-size", 16, "--image-folder", folder, "--out", out, "--quiet", *extra)
+
+
+def config(run) -> dict:
+    return json.loads((run / "config.json").read_text())
+
+
+def test_amp_resolves_from_the_flag_the_version_and_the_device(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert devices.resolve_amp(True, False, cpu) and not devices.resolve_amp(False, True, cpu)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not devices.resolve_amp(None, True, cpu)  # emulated bfloat16 would be slower than fp32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert devices.resolve_amp(None, True, cpu) and not devices.resolve_amp(None, False, cpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: False)
+    assert not devices.resolve_amp(None, True, gpu)  # fp32 on a GPU without bfloat16, never an error
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: not including_emulation)
+    assert devices.resolve_amp(None, True, gpu)
+    assert not devices.resolve_amp(None, True, torch.device("mps"))
+    assert [n for n, row in configs.VERSIONS.items() if row.autocast] == [12, 13]
+
+
+def test_a_version_that_gains_trains_in_bfloat16_by_default_and_no_amp_turns_it_off(cli, images, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(devices, "computes_in_bfloat16", lambda device: True)
+    dtypes = watch_output_dtypes(monkeypatch, torch.nn.Linear)
+    code, _, err = cli(*tiny("12", images, tmp_path / "auto"))
+    assert code == 0, err
+    assert dtypes == {torch.bfloat16} and config(tmp_path / "auto")["amp"] is True
+    assert "amp" not in config(tmp_path / "auto")["overrides"]
+    dtypes.clear()
+    assert cli(*tiny("12", images, tmp_path / "off", "--no-amp"))[0] == 0
+    assert dtypes == {torch.float32} and config(tmp_path / "off")["amp"] is False
+    assert config(tmp_path / "off")["overrides"]["amp"] is False
+    dtypes.clear()
+    assert cli(*tiny("9", images, tmp_path / "seed-version"))[0] == 0  # versions 1-11 stay in fp32
+    assert dtypes == {torch.float32} and config(tmp_path / "seed-version")["amp"] is False
+    code, _, err = cli("--resume", tmp_path / "off", "--amp")
+    assert code == 2 and "--amp cannot change when resuming" in err
+
+
+def test_a_results_folder_compares_the_resolved_choice(cli, images, tmp_path, monkeypatch):
+    table = tmp_path / "table"
+    assert cli("9,12", "--epochs", 1, "--batch-size", 16, "--image-folder", images, "--out", table, "--quiet",
+               "--no-amp")[0] == 0
+    monkeypatch.setattr(devices, "computes_in_bfloat16", lambda device: True)
+    code, _, err = cli("9,12", "--epochs", 1, "--batch-size", 16, "--image-folder", images, "--out", table, "--quiet")
+    assert code != 0 and err.count("\n") == 1 and "give --no-amp to continue its folder" in err
+    monkeypatch.setattr(devices, "computes_in_bfloat16", lambda device: False)  # auto resolves to fp32: the same runs
+    code, out, err = cli("9,12", "--epochs", 1, "--batch-size", 16, "--image-folder", images, "--out", table, "--quiet")
+    assert code == 0, err
+    assert out.count("; skipped") == 2
+
+
+def test_compile_without_a_cpp_compiler_trains_uncompiled_with_one_line(cli, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
+    code, _, err = cli(*tiny("6", images, tmp_path / "run", "--compile", "--device", "cpu"))
+    assert code == 0 and err.count("no C++ compiler") == 1
+    assert config(tmp_path / "run")["compile"] is False
+    code, _, err = cli("--resume", tmp_path / "run", "--epochs", 2, "--compile")
+    assert code == 2 and "--compile cannot change when resuming" in err
+
+
+def test_tests_take_batches_of_at_least_a_thousand_images_and_are_timed(cli, tmp_path, monkeypatch):
+    folder = make_image_folder(tmp_path / "images", train=48, test=1100)
+    sizes, real_batches = [], loaders.ResidentLoader.batches
+
+    def watched(loader, epoch=1):
+        for batch in real_batches(loader, epoch):
+            if not loader.plan.training:
+                sizes.append(len(batch[1]))
+            yield batch
+
+    monkeypatch.setattr(loaders.ResidentLoader, "batches", watched)
+    assert cli(*tiny("6", folder, tmp_path / "run"))[0] == 0
+    assert sizes == [1024, 76]
+    assert loaders.eval_batch_size(configs.VERSIONS[12].recipe) == 1024
+    assert loaders.eval_batch_size(configs.replace(configs.VERSIONS[12].recipe, batch_size=2000)) == 2000
+    assert float(read_metrics(tmp_path / "run")[0]["test_seconds"]) > 0
