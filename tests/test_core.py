@@ -13,6 +13,7 @@ import main
 from runner import records
 from conftest import ROOT, make_image_folder, make_mnist
 from runner.settings import Recipe, RunIdentity, Runtime, flag_fields, resumable_names
+from runner.loaders import EVAL_BATCH
 
 FIXTURE = ROOT / "tests" / "fixtures" / "format1-v3"
 
@@ -124,8 +125,8 @@ def test_a_signal_during_a_checkpoint_write_keeps_that_epoch(child, tmp_path):
 
 
 def test_a_signal_during_a_test_pass_keeps_the_epoch_before(child, tmp_path):
-    data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
-    test_batches = -(-100 // 32)
+    data, run = make_mnist(tmp_path / "data", test=2000), tmp_path / "run"
+    test_batches = -(-2000 // EVAL_BATCH)  # the signal comes in the second batch of epoch 2's test
     code, out, err = child("train", "tta_output", test_batches + 2, "SIGTERM", "1", "--epochs", 4,
                            "--batch-size", 32, "--data-dir", data, "--out", run)
     assert code == 143 and "Traceback" not in err, err
