@@ -68,3 +68,8 @@ rung(13, "cifar10", {
     "test-time augmentation": {"tta": "mirror+shift"},
 }, 1972792, (0.9534, 0.9071), "Patch whitening, alternating flips, lookahead and test-time augmentation", "ours",
     autocast=True)
+rung(14, "cifar10", {
+    "Muon": {"optimizer": "muon", "muon_lr": 0.24, "muon_momentum": 0.6, "muon_weight_decay": 0.1},
+    "batch 2000": {"batch_size": 2000},
+}, 1972792, None, "Muon orthogonalises the filters' updates: the same accuracy in fewer, larger steps", epochs=8,
+    autocast=True)

@@ -63,11 +63,13 @@ def train_step(state: TrainingState, images: torch.Tensor, labels: torch.Tensor,
     with autocast(images.device, state.amp):
         output = state.step_model(images)
     loss = summed_loss(output, labels, state.recipe.label_smoothing)
-    state.optimizer.zero_grad(set_to_none=True)
+    for optimizer in state.optimizers:
+        optimizer.zero_grad(set_to_none=True)
     (loss / divisor).backward()
     for parameter in state.frozen_parameters():
         parameter.grad = None
-    state.optimizer.step()
+    for optimizer in state.optimizers:
+        optimizer.step()
     return loss.detach(), (output.argmax(dim=1) == labels).sum()
 
 

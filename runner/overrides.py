@@ -156,8 +156,10 @@ def check_recipe(recipe: Recipe, dataset: str, classic_loader: bool) -> None:
                        f"globally (AirbenchNet); {recipe.model} does not")
     if recipe.crop_padding >= images.size:
         raise SetError(f"crop_padding={recipe.crop_padding}: must be less than the images' size ({images.size})")
-    if recipe.nesterov and (recipe.optimizer != "sgd" or recipe.momentum == 0):
-        raise SetError("nesterov=true needs optimizer=sgd with a momentum above 0")
+    if recipe.nesterov and (recipe.optimizer == "adam" or recipe.momentum == 0):
+        raise SetError("nesterov=true needs optimizer=sgd (or muon, whose SGD part it is for) with a momentum above 0")
+    if recipe.optimizer == "muon" and recipe.model == "MLP":
+        raise SetError("optimizer=muon orthogonalises convolution filters, and model=MLP has none: choose a conv-net")
     if recipe.flip == "alternating" and classic_loader:
         raise SetError("flip=alternating needs the resident loader, not --loader torchvision")
 

@@ -28,7 +28,7 @@ FAILURE_MARKER = ".failed"  # a failure no restart can fix, for processes torchr
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "val_loss", "val_acc",
                   "test_seconds"]
 CONFIG_FORMAT = 2
-CHECKPOINT_KEYS = {"version", "epoch", "model", "optimizer", "shuffle_rng", "metrics", "classes"}
+CHECKPOINT_KEYS = {"version", "epoch", "model", "shuffle_rng", "metrics", "classes"}  # and optimizer(s)
 FORMAT_1_KEYS = {"version", "dataset", "model", "model_args", "params", "optimizer", "lr", "epochs", "batch_size",
                  "seed", "device", "loader", "eval_every", "data_dir", "image_folder", "overrides"}
 
@@ -75,7 +75,8 @@ def load_checkpoint(path: Path) -> dict:
                                   "refusing to load it. Use a checkpoint written by this tool") from None
         raise CheckpointError(f"{path} is damaged ({type(error).__name__}): train again in a new folder, or "
                               "start over with --force") from None
-    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys() or not {"optimizer", "optimizers"} & \
+            state.keys():
         raise CheckpointError(f"{path} is not a checkpoint of this tool: train again in a new folder")
     return state
 

@@ -159,7 +159,8 @@ class Recipe:
 
     model: str = field(metadata=accepts(*MODEL_KINDS))
     model_args: dict = field(default_factory=dict)
-    optimizer: str = field(default="sgd", metadata=accepts("sgd", "adam"))
+    # muon: PyTorch's Muon over the convolution filters, SGD (the settings below) over the other parameters
+    optimizer: str = field(default="sgd", metadata=accepts("sgd", "adam", "muon"))
     lr: float = field(default=0.01, metadata=option(
         "--lr", "learning rate; the peak of a schedule (recipe: see list)", learning_rate, "X") | accepts(
         within=ABOVE_0))
@@ -169,6 +170,10 @@ class Recipe:
     weight_decay: float = field(default=0.0, metadata=accepts(within=AT_LEAST_0))
     # BatchNorm biases learn this much faster, with the same decay per step
     norm_bias_lr_scale: float = field(default=1.0, metadata=accepts(within=ABOVE_0))
+    # Muon's peak learning rate, (Nesterov) momentum and decoupled weight decay (optimizer=muon)
+    muon_lr: float = field(default=0.24, metadata=accepts(within=ABOVE_0))
+    muon_momentum: float = field(default=0.6, metadata=accepts(within=FRACTION))
+    muon_weight_decay: float = field(default=0.1, metadata=accepts(within=AT_LEAST_0))
     label_smoothing: float = field(default=0.0, metadata=accepts(within=FRACTION))
     batch_size: int = field(default=64, metadata=option("--batch-size", "batch size (recipe: see list)",
                                                         positive_int) | accepts(within=Range(1, LARGEST_INT)))

@@ -2,7 +2,7 @@
 epoch, step and metrics, in one object whose state_dict is the checkpoint.
 
 Checkpoints carry a format number. Format 1 (the first release) had fixed keys; it still loads, with defaults for
-what it lacks. Random streams: `shuffle` orders the batches and is shared by every process; `augment` and torch's
+what it lacks. Format 3 keeps a list of optimizers (Muon and SGD for optimizer=muon) where 1 and 2 kept one. Random streams: `shuffle` orders the batches and is shared by every process; `augment` and torch's
 own generator (dropout) belong to each process and are saved per process, as is the training device's generator.
 """
 import math
@@ -13,32 +13,11 @@ from torch import nn
 from runner.devices import derive_seed, device_rng_state, restore_device_rng
 from runner.distributed import SOLO, Group
 from models import whitening_layer
+from runner.optimizers import make_optimizers, peak_rates
 from runner.settings import Recipe
 
-FORMAT = 2
+FORMAT = 3
 LOOKAHEAD_EVERY = 5
-
-
-def parameter_groups(recipe: Recipe, model: nn.Module) -> list:
-    """One group of every trainable parameter, or, when BatchNorm biases learn faster, those biases in a group of
-    their own whose weight decay is divided by the same factor, so both decay the same amount per step."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    scale = recipe.norm_bias_lr_scale
-    if scale == 1:
-        return [dict(params=trainable, peak_lr=recipe.lr, weight_decay=recipe.weight_decay)]
-    biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-              and m.bias is not None and m.bias.requires_grad}
-    return [dict(params=[p for p in trainable if id(p) in biases], peak_lr=recipe.lr * scale,
-                 weight_decay=recipe.weight_decay / scale),
-            dict(params=[p for p in trainable if id(p) not in biases], peak_lr=recipe.lr,
-                 weight_decay=recipe.weight_decay)]
-
-
-def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    groups = [dict(group, lr=group["peak_lr"]) for group in parameter_groups(recipe, model)]
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(groups)
-    return torch.optim.SGD(groups, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
 def lr_factor(recipe: Recipe, step: int, total: int) -> float:
@@ -62,7 +41,7 @@ class TrainingState:
                  steps_per_epoch: int, group: Group = SOLO):
         self.version, self.recipe, self.model, self.device = version, recipe, model, device
         self.step_model = model
-        self.optimizer = make_optimizer(recipe, model)
+        self.optimizers = make_optimizers(recipe, model)
         self.group, self.seed = group, seed
         rank = group.rank
         self.generators = {"shuffle": torch.Generator().manual_seed(seed),
@@ -82,13 +61,17 @@ class TrainingState:
     def begin_step(self) -> None:
         """Set every group's learning rate for the coming step."""
         factor = lr_factor(self.recipe, self.step, self.total_steps) if self.recipe.scheduled else 1.0
-        for group in self.optimizer.param_groups:
+        for group in self.param_groups:
             group["lr"] = group["peak_lr"] * factor
 
     @property
+    def param_groups(self) -> list:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @property
     def lr(self) -> float:
-        """The main group's current learning rate."""
-        return self.optimizer.param_groups[-1]["lr"]
+        """The main group's current learning rate (the last of the first optimizer's)."""
+        return self.optimizers[0].param_groups[-1]["lr"]
 
     def frozen_parameters(self) -> list:
         """Parameters that take no update this epoch: the whitening bias after its epochs."""
@@ -132,17 +115,22 @@ class TrainingState:
     def state_dict(self, processes: list | None = None) -> dict:
         """The checkpoint; `processes` holds every process's random state (default: this one's)."""
         return {"format": FORMAT, "version": self.version, "epoch": self.epoch, "step": self.step,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "model": self.model.state_dict(),
+                "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
                 "average": self.average, "shuffle_rng": self.generators["shuffle"].get_state(),
                 "processes": processes or [self.process_rng()], "metrics": self.metrics, "classes": self.classes,
                 "first_loss": self.first_loss}
 
     def load_state_dict(self, state: dict) -> None:
-        """Load a checkpoint of format 1 or 2; raises KeyError, ValueError or RuntimeError when it does not fit."""
+        """Load a checkpoint of format 1, 2 or 3; raises KeyError, ValueError or RuntimeError when it does not fit."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, fresh in zip(self.optimizer.param_groups, parameter_groups(self.recipe, self.model)):
-            group["peak_lr"] = fresh["peak_lr"]
+        saved = state["optimizers"] if "optimizers" in state else [state["optimizer"]]
+        if len(saved) != len(self.optimizers):
+            raise ValueError(f"{len(saved)} optimizer(s) saved, {len(self.optimizers)} in the recipe")
+        for optimizer, optimizer_state in zip(self.optimizers, saved):
+            optimizer.load_state_dict(optimizer_state)
+        for group, peak in zip(self.param_groups, peak_rates(self.recipe, self.model)):
+            group["peak_lr"] = peak
         self.epoch = int(state["epoch"])
         self.step = int(state.get("step", self.epoch * self.steps_per_epoch))
         self.metrics, self.classes = list(state["metrics"]), list(state["classes"])

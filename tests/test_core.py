@@ -18,20 +18,24 @@ from runner.loaders import EVAL_BATCH
 FIXTURE = ROOT / "tests" / "fixtures" / "format1-v3"
 
 
-def test_a_format_1_run_folder_loads_resumes_and_evaluates(cli, tmp_path):
-    """The fixture was made by the first release: `main.py 3 --epochs 2 --batch-size 32 --lr 0.05` on the tiny
-    Fashion-MNIST of conftest; the same release trained 4 epochs into format1-v3-4-epochs.csv."""
+@pytest.mark.parametrize("checkpoint_format", [1, 2])
+def test_an_older_run_folder_loads_resumes_and_evaluates(cli, tmp_path, checkpoint_format):
+    """Each fixture was made by the release that wrote its checkpoint format (1: the first, 2: the last before two
+    optimizers): `main.py 3 --epochs 2 --batch-size 32 --lr 0.05` on the tiny Fashion-MNIST of conftest; the same
+    release trained 4 epochs into format{1,2}-v3-4-epochs.csv."""
     run = tmp_path / "old run"
-    shutil.copytree(FIXTURE, run)
+    shutil.copytree(ROOT / "tests" / "fixtures" / f"format{checkpoint_format}-v3", run)
+    assert records.load_checkpoint(run / "checkpoint.pt").get("format", 1) == checkpoint_format
     data = make_mnist(tmp_path / "data", "FashionMNIST")
     loaded = records.RunFolder(run).read_config()
-    assert (loaded.version, loaded.recipe.model, loaded.recipe.lr, loaded.identity.data) == \
-        (3, "SmallConvNet", 0.05, {"dataset": "fashion_mnist"})
-    code, out, err = cli("--resume", run, "--epochs", 4, "--data-dir", data, "--device", "cpu", "--quiet")
+    assert (loaded.version, loaded.recipe.model, loaded.recipe.lr) == (3, "SmallConvNet", 0.05)
+    assert loaded.identity.data["dataset"] == "fashion_mnist"
+    code, out, err = cli("--resume", run, "--epochs", 4, "--data-dir", data, "--cache-dir", tmp_path / "cache",
+                         "--device", "cpu", "--quiet")
     assert code == 0, err
     with open(run / "metrics.csv", newline="") as f:
         resumed = list(csv.DictReader(f))
-    with open(ROOT / "tests" / "fixtures" / "format1-v3-4-epochs.csv", newline="") as f:
+    with open(ROOT / "tests" / "fixtures" / f"format{checkpoint_format}-v3-4-epochs.csv", newline="") as f:
         expected = list(csv.DictReader(f))
     assert len(resumed) == 4
     for ours, theirs in zip(resumed, expected):

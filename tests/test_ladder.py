@@ -145,9 +145,10 @@ def metrics(run):
         return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("version, epochs, stop_after", [(11, 3, 1), (13, 4, 3)])
+@pytest.mark.parametrize("version, epochs, stop_after", [(11, 3, 1), (13, 4, 3), (14, 3, 2)])
 def test_a_run_stopped_and_resumed_equals_one_run_whole(cli, tmp_path, monkeypatch, version, epochs, stop_after):
-    """Scheduled runs with augmentation (11), and with whitening, alternating flips and lookahead (13)."""
+    """Scheduled runs with augmentation (11), with whitening, alternating flips and lookahead (13), and with Muon
+    beside SGD (14: two optimizers in the checkpoint)."""
     folder = make_image_folder(tmp_path / "images", train=96, test=30)
     argv = (version, "--epochs", epochs, "--batch-size", 16, "--image-folder", folder, "--device", "cpu", "--quiet")
     code, _, err = cli(*argv, "--out", tmp_path / "whole")
