@@ -5,9 +5,10 @@
 
 For each version it times the same training steps (after warm-up) fed three ways: by our resident loader (with the
 version's augmentation, on the device), by the seed's torchvision DataLoader (PIL and torchvision transforms in 4
-workers), and from one fixed batch already on the device (the model-only ceiling). Each is repeated, in a rotating
-order, and the median reported. The batch is the version's own unless --batch-size says otherwise. Run it on an
-otherwise idle machine.
+workers), and from one fixed batch already on the device (the model-only ceiling); and a fourth, our loader feeding
+the model compiled by torch.compile (its compilation, the first compiled step, timed apart). Each is repeated, in a
+rotating order, and the median reported. The batch is the version's own unless --batch-size says otherwise. Run it
+on an otherwise idle machine.
 """
 import argparse
 import itertools
@@ -86,24 +87,31 @@ def bench_version(version: int, args: argparse.Namespace, device: torch.device) 
     model = on_device(model, device)
     plan = BatchPlan(len(split.labels), batch_size, recipe.drop_last)
     state = TrainingState(version, recipe, model, device, 0, len(plan))
-    state.amp = args.amp
-    if args.compile:
-        state.step_model = torch.compile(model)
+    compiled = TrainingState(version, recipe, model, device, 0, len(plan))  # the same weights, stepped compiled
+    state.amp = compiled.amp = args.amp
+    compiled.step_model = torch.compile(model)
     resident = ResidentLoader(split, plan, device, state.generators["shuffle"],
                               augmentation_of(recipe, state.generators))
     fixed = next(resident.batches())
     feeds = {
-        "ours": lambda: every_epoch(resident),
-        "classic": lambda: every_epoch(ClassicLoader(classic, plan, device, state.generators["shuffle"],
-                                                     state.generators["workers"])),
-        "model": lambda: itertools.repeat(fixed),
+        "ours": (state, lambda: every_epoch(resident)),
+        "classic": (state, lambda: every_epoch(ClassicLoader(classic, plan, device, state.generators["shuffle"],
+                                                             state.generators["workers"]))),
+        "model": (state, lambda: itertools.repeat(fixed)),
+        "compiled": (compiled, lambda: every_epoch(resident)),
     }
     rates = {name: [] for name in feeds}
-    names = list(feeds)
+    names, compile_seconds = list(feeds), None
     for repeat in range(args.repeats):
-        for name in names[repeat % 3:] + names[:repeat % 3]:
-            rates[name].append(timed_steps(state, feeds[name](), args.steps, args.warmup))
-    return {name: statistics.median(values) for name, values in rates.items()} | {"batch": batch_size}
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            stepping, batches = feeds[name]
+            if stepping is compiled and compile_seconds is None:
+                started = time.perf_counter()
+                timed_steps(compiled, itertools.repeat(fixed), 1, 0)  # the first compiled step compiles
+                compile_seconds = time.perf_counter() - started
+            rates[name].append(timed_steps(stepping, batches(), args.steps, args.warmup))
+    return {name: statistics.median(values) for name, values in rates.items()} | {
+        "batch": batch_size, "compile": compile_seconds}
 
 
 def main(argv: list | None = None) -> int:
@@ -120,7 +128,6 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--cache-dir", default=default_cache_dir())
     parser.add_argument("--synthetic", action="store_true", help="random images of each version's shape")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -131,11 +138,10 @@ def main(argv: list | None = None) -> int:
     torch.backends.cudnn.benchmark = True
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps after {args.warmup} warm-up, median of {args.repeats}"
-          f"{', synthetic data' if args.synthetic else ''}{', amp' if args.amp else ''}"
-          f"{', compile' if args.compile else ''}", flush=True)
+          f"{', synthetic data' if args.synthetic else ''}{', amp' if args.amp else ''}", flush=True)
     print("| version | device | batch | images/s ours | images/s classic | ratio | images/s model only "
-          "| ours / model only |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| ours / model only | images/s ours compiled | compiled / ours | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for version in args.versions:
         try:
             rates = bench_version(version, args, device)
@@ -144,7 +150,8 @@ def main(argv: list | None = None) -> int:
             return 1
         print(f"| {version} | {device} | {rates['batch']} | {rates['ours']:,.0f} | {rates['classic']:,.0f} | "
               f"{rates['ours'] / rates['classic']:.1f}x | {rates['model']:,.0f} | "
-              f"{rates['ours'] / rates['model']:.0%} |", flush=True)
+              f"{rates['ours'] / rates['model']:.0%} | {rates['compiled']:,.0f} | "
+              f"{rates['compiled'] / rates['ours']:.2f}x | {rates['compile']:.1f} |", flush=True)
     return 0
 
 

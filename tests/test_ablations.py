@@ -31,6 +31,9 @@ RECIPES = {
     12: Recipe("AirbenchNet", **AIRBENCH),
     13: Recipe("AirbenchNet", **dict(AIRBENCH, crop_padding=2, flip="alternating"), whitening=True, lookahead_from=3,
                tta="mirror+shift"),
+    14: Recipe("AirbenchNet", **dict(AIRBENCH, crop_padding=2, flip="alternating", optimizer="muon", batch_size=2000,
+                                     epochs=8), whitening=True, lookahead_from=3, tta="mirror+shift", muon_lr=0.24,
+               muon_momentum=0.6, muon_weight_decay=0.1),
 }
 
 

@@ -21,8 +21,8 @@ META = torch.device("meta")
 HOST_READS = ("Cannot copy out of meta tensor", "cannot be called on meta tensors")
 # One version per model family, with the recipe ideas each brings: MLP; SmallConvNet; WideConvNet with Adam;
 # ConvNet4 with BatchNorm and dropout; normalised inputs, Nesterov SGD, label smoothing and a schedule (11);
-# AirbenchNet with whitening, frozen parameters, alternating flips and test-time augmentation (13).
-FAMILIES = ["1", "3", "5", "9", "11", "13"]
+# AirbenchNet with whitening, frozen parameters, alternating flips and test-time augmentation (13); Muon (14).
+FAMILIES = ["1", "3", "5", "9", "11", "13", "14"]
 
 
 class NoFloat64OffTheCpu(TorchDispatchMode):
@@ -52,7 +52,7 @@ def test_fit_keeps_every_tensor_on_the_training_device(cli, mnist_dir, tmp_path,
     monkeypatch.setattr(train, "resolve_device", lambda name: META)
     with NoFloat64OffTheCpu(), pytest.raises((NotImplementedError, RuntimeError)) as raised:
         cli(version, "--epochs", 1, "--batch-size", 16, *data_args(version, mnist_dir, tmp_path),
-            "--out", tmp_path / "run", "--quiet")
+            "--out", tmp_path / "run", "--quiet", "--no-amp")  # autocast has no meta device
     ends_at_a_host_read(raised.value)
 
 
@@ -70,7 +70,7 @@ def trained_runs(tmp_path_factory):
         source = ["--data-dir", mnist] if int(version) <= 5 else ["--image-folder", folder]
         out = root / f"v{version}"
         code, _, err = run_cli(version, "--epochs", 1, "--batch-size", 16, *source, "--out", out, "--quiet",
-                               "--device", "cpu", "--cache-dir", root / "cache")
+                               "--device", "cpu", "--cache-dir", root / "cache", "--no-amp")  # as in fit's test
         assert code == 0, err
         image = next((folder / "test").rglob("*.png"))
         runs[version] = out, image
@@ -99,7 +99,7 @@ def test_predict_keeps_every_tensor_on_the_device(trained_runs, version):
 
 @pytest.mark.parametrize("version", [int(version) for version in FAMILIES])
 def test_bench_steps_keep_every_tensor_on_the_device(version):
-    args = argparse.Namespace(synthetic=True, batch_size=16, amp=False, compile=False, steps=2, warmup=2, repeats=1)
+    args = argparse.Namespace(synthetic=True, batch_size=16, amp=False, steps=2, warmup=2, repeats=1)
     with NoFloat64OffTheCpu(), pytest.raises((NotImplementedError, RuntimeError)) as raised:
         bench.bench_version(version, args, META)
     ends_at_a_host_read(raised.value)

@@ -1,5 +1,5 @@
 """The CUDA paths, on a machine that has CUDA (skipped elsewhere): tiny runs of the ladder's kinds of version on the
-GPU, with --amp and --compile, an exact resume with --deterministic, the data kept on the device, and NCCL with
+GPU (bfloat16 by default for 12-14 where the GPU has it), with --amp, --no-amp and --compile, Muon (14), an exact resume with --deterministic, the data kept on the device, and NCCL with
 --sync-bn under torchrun (one process per GPU, up to two)."""
 import json
 
@@ -21,7 +21,8 @@ def last_test_accuracy(run) -> float:
 
 
 @pytest.mark.parametrize("version, extra", [("1", ()), ("1", ("--amp",)), ("1", ("--compile",)), ("9", ()),
-                                            ("9", ("--amp",)), ("13", ()), ("13", ("--amp",))])
+                                            ("9", ("--amp",)), ("13", ()), ("13", ("--no-amp",)),
+                                            ("13", ("--compile",)), ("14", ())])
 def test_versions_train_on_the_gpu(cli, tmp_path, version, extra):
     if version == "1":
         source = ("--data-dir", make_mnist(tmp_path / "data"))
@@ -32,7 +33,10 @@ def test_versions_train_on_the_gpu(cli, tmp_path, version, extra):
                          *source, *extra)
     assert code == 0, err
     assert 0 <= last_test_accuracy(run) <= 1
-    assert records.RunFolder(run).read_config().runtime.device.startswith("cuda")
+    config = records.RunFolder(run).read_config()
+    assert config.runtime.device.startswith("cuda")
+    bfloat16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert config.identity.amp == ("--amp" in extra or (int(version) >= 12 and "--no-amp" not in extra and bfloat16))
 
 
 def test_a_deterministic_gpu_run_resumes_exactly(cli, tmp_path):
