@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The prepared GPU check: on a machine with one NVIDIA GPU and no internet, in about 8 minutes, from the repository
 # root (torch, torchvision, tqdm, numpy, matplotlib, pytest and hypothesis installed):
-#   1. the CUDA tests (tests/test_gpu.py), then the rest of the test suite;
-#   2. bench.py --synthetic for versions 1, 9 and 13;
-#   3. version 9 (25 epochs) and version 13 on a synthetic image folder of CIFAR-10's shape written here: the time
-#      from the first step to the final test (the epochs' train + test seconds and the final test, from the
-#      checkpoint), with the whole process's time beside it;
-#   4. the same through torchrun with one process, and a two-version table under torchrun.
+#   1. the CUDA tests (tests/test_gpu.py), then the rest of the test suite (failures named);
+#   2. bench.py --synthetic for versions 1, 9, 13 and 14 (with the compiled column and its compile time);
+#   3. versions 9 (25 epochs), 13 and 14 in their default numerics (bfloat16 for 13 and 14 on a GPU that has it),
+#      and 13 compiled, on a synthetic image folder of CIFAR-10's shape written here: the time from the first step
+#      to the final test (the epochs' train + test seconds and the final test, from the checkpoint), with the whole
+#      process's time beside it (compilation included);
+#   4. version 13 through torchrun with one process, and a two-version table under torchrun.
 # Targets: version 9 under 10 s and version 13 under 5 s, first step to final test.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,12 +19,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
 echo "== 1. the CUDA tests first (so a failure elsewhere cannot hide them), then the rest of the suite"
-timeout 120 python3 -m pytest -q tests/test_gpu.py 2>&1 | tail -15
-timeout 240 python3 -m pytest -q -x -n 8 tests --ignore=tests/test_gpu.py 2>&1 | tail -5
+timeout 240 python3 -m pytest -q -rf tests/test_gpu.py 2>&1 | tail -15
+timeout 300 python3 -m pytest -q -rf -n 8 tests --ignore=tests/test_gpu.py 2>&1 | tail -15
 
 echo "== 2. bench.py --synthetic"
 timeout 150 python3 bench.py --synthetic --versions 1,9 --steps 100 --repeats 3
-timeout 120 python3 bench.py --synthetic --versions 13 --steps 20 --repeats 3
+timeout 240 python3 bench.py --synthetic --versions 13,14 --steps 20 --repeats 3
 
 echo "== 3. first step to final test on a synthetic CIFAR-10-shaped image folder"
 python3 - "$WORK/images" <<'PY'
@@ -64,12 +65,12 @@ accuracy = rows[-1].get("final_test_acc", rows[-1]["test_acc"])
 print(f"first step to final test: {seconds:.2f} s over {len(rows)} epochs, test accuracy {accuracy:.4f}")
 PY
 }
-for version in 9 13; do
+for run in 9 13 14 "13 --compile"; do
+  name=v${run// /}
   started=$(date +%s.%N)
-  timeout 300 python3 main.py $version --image-folder "$WORK/images" --out "$WORK/v$version" --quiet \
-    --eval-every 100 | tail -2
-  echo "v$version whole process: $(echo "$(date +%s.%N) - $started" | bc) s (the folder decoded once, then cached)"
-  report "$WORK/v$version"
+  timeout 300 python3 main.py $run --image-folder "$WORK/images" --out "$WORK/$name" --quiet --eval-every 100 | tail -2
+  echo "$name whole process: $(echo "$(date +%s.%N) - $started" | bc) s (the folder decoded once, then cached)"
+  report "$WORK/$name"
 done
 
 echo "== 4. torchrun, one process; a table of two versions under torchrun"

@@ -38,7 +38,7 @@ def test_amp_resolves_from_the_flag_the_version_and_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: not including_emulation)
     assert devices.resolve_amp(None, True, gpu)
     assert not devices.resolve_amp(None, True, torch.device("mps"))
-    assert [n for n, row in configs.VERSIONS.items() if row.autocast] == [12, 13]
+    assert [n for n, row in configs.VERSIONS.items() if row.autocast] == [12, 13, 14]
 
 
 def test_a_version_that_gains_trains_in_bfloat16_by_default_and_no_amp_turns_it_off(cli, images, tmp_path,
