@@ -8,6 +8,7 @@ exactly and testing more or less often never changes the trained weights.
 """
 import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -18,7 +19,8 @@ from torch import nn
 from runner.console import progress
 from runner.distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
 from data import DataSource
-from runner.devices import derive_seed, prepare_torch, resolve_device, seed_process, to_device
+from runner.devices import (NO_COMPILER, can_compile, derive_seed, prepare_torch, resolve_device, seed_process,
+                             to_device)
 from runner.events import RunLog, hyperparameters
 from runner.errors import CheckpointError, Diverged, RunnerError
 from runner.loaders import load_splits, make_loaders
@@ -230,13 +232,14 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     else:
         state.classes = classes
     folder.write_config(run, params=count_parameters(model), classes=classes)
-    wrapped = group.wrap(model, device, run.identity.sync_bn)
-    if run.identity.compile:
+    state.step_model = group.wrap(model, device, run.identity.sync_bn)
+    if run.identity.compile and not can_compile(device):  # a compiled run resumed where no C++ compiler is
+        if is_writer():
+            print(NO_COMPILER, file=sys.stderr)
+    elif run.identity.compile:
         # compiled code kept with the decoded datasets, so that later runs of the same model skip most of the build
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(runtime.cache_dir, "inductor"))
-        state.step_model = torch.compile(wrapped)
-    else:
-        state.step_model = wrapped
+        state.step_model = torch.compile(state.step_model)
     say(f"Model Parameter Count: {count_parameters(model)}")
     say("Training...")
     log = RunLog(folder, state.step, run.identity.evaluated)

@@ -111,7 +111,7 @@ def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, 
 
 def run_training(parser, args, argv: list, progress: Progress) -> None:
     from runner import results
-    from runner.devices import can_compile
+    from runner.devices import NO_COMPILER, can_compile
     import train
 
     if args.resume:
@@ -121,8 +121,7 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     if args.compile and not can_compile(device):
         args.compile = None
         if distributed.is_writer():
-            print("--compile: no C++ compiler here (torch.compile needs one on the CPU); training uncompiled",
-                  file=sys.stderr)
+            print(NO_COMPILER, file=sys.stderr)
     seeds = args.seeds or [args.seed or 0]
     # --seeds, sweeps and ablations write a results folder, even of one run
     several = len(args.versions) > 1 or len(args.arms) > 1 or args.seeds is not None or args.ablate

@@ -59,6 +59,9 @@ def resolve_amp(asked: bool | None, version_gains: bool, device: torch.device) -
     return version_gains and computes_in_bfloat16(device)
 
 
+NO_COMPILER = "--compile: no C++ compiler here (torch.compile needs one on the CPU); training uncompiled"
+
+
 def can_compile(device: torch.device) -> bool:
     """torch.compile's CPU code is C++ that inductor builds with the machine's compiler."""
     return device.type != "cpu" or any(shutil.which(name) for name in (os.environ.get("CXX", "c++"), "g++", "clang++"))

@@ -80,6 +80,10 @@ def test_compile_without_a_cpp_compiler_trains_uncompiled_with_one_line(cli, ima
     assert config(tmp_path / "run")["compile"] is False
     code, _, err = cli("--resume", tmp_path / "run", "--epochs", 2, "--compile")
     assert code == 2 and "--compile cannot change when resuming" in err
+    saved = config(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(dict(saved, compile=True)))  # compiled elsewhere
+    code, _, err = cli("--resume", tmp_path / "run", "--epochs", 2)
+    assert code == 0 and err.count("no C++ compiler") == 1, err
 
 
 def test_tests_take_batches_of_at_least_a_thousand_images_and_are_timed(cli, tmp_path, monkeypatch):
