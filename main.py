@@ -210,8 +210,9 @@ def describe_model(recipe: Recipe) -> str:
 
 
 def describe_optimizer(recipe: Recipe) -> str:
-    return ("Adam" if recipe.optimizer == "adam" else "SGD" + ("-Nesterov" if recipe.nesterov else "")) + \
+    text = ("Adam" if recipe.optimizer == "adam" else "SGD" + ("-Nesterov" if recipe.nesterov else "")) + \
         f" {recipe.lr:g}"
+    return f"Muon {recipe.muon_lr:g} + {text}" if recipe.optimizer == "muon" else text
 
 
 def version_table() -> str:

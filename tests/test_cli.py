@@ -50,7 +50,7 @@ def bad_command_lines(tmp: Path) -> list:
     (empty_train / "test").mkdir()
     colour_folder = make_image_folder(tmp / "colour", train=10, test=10)
     return [
-        (["14"], 2, "'14'"),
+        (["15"], 2, "'15'"),
         (["0"], 2, "'0'"),
         (["nine"], 2, "'nine'"),
         (["1,x"], 2, "'1,x'"),

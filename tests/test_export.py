@@ -58,7 +58,9 @@ def write_images(tmp_path, count: int, size: int, mode: str) -> list:
 
 
 def test_tta_in_the_graph_and_in_numpy_answer_as_predict_does_and_onnx_predict_imports_no_torch(cli, tmp_path):
-    run = trained(cli, tmp_path, "13", "--image-folder", make_image_folder(tmp_path / "images", train=40, test=20))
+    # fp32, as the export computes: a bfloat16 run's own predict differs from its export in the third decimal
+    run = trained(cli, tmp_path, "13", "--image-folder", make_image_folder(tmp_path / "images", train=40, test=20),
+                  "--no-amp")
     images = write_images(tmp_path, 3, 32, "RGB")
     code, expected, err = cli("predict", run, *images)
     assert code == 0, err

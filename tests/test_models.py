@@ -23,7 +23,7 @@ def test_the_table_has_complete_rows_numbered_from_one():
         assert row.number == number
         assert row.dataset in ("mnist", "fashion_mnist", "cifar10")
         assert row.recipe.model in MODELS
-        assert row.recipe.optimizer in ("sgd", "adam")
+        assert row.recipe.optimizer in ("sgd", "adam", "muon")
         assert row.remark
         if number <= 9:
             assert row.recipe.lr == (0.01 if row.recipe.optimizer == "sgd" else 1e-3)

@@ -107,7 +107,7 @@ def test_image_folder_run_end_to_end(cli, image_folder, tmp_path):
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    good = {name: 0 for name in records.CHECKPOINT_KEYS} | {"epoch": 1}
+    good = {name: 0 for name in records.CHECKPOINT_KEYS | {"optimizers"}} | {"epoch": 1}
     records.RunFolder(tmp_path).save_checkpoint(good)
 
     def disk_full(state, f):
