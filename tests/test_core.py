@@ -129,8 +129,8 @@ def test_a_signal_during_a_checkpoint_write_keeps_that_epoch(child, tmp_path):
 
 
 def test_a_signal_during_a_test_pass_keeps_the_epoch_before(child, tmp_path):
-    data, run = make_mnist(tmp_path / "data", test=2000), tmp_path / "run"
-    test_batches = -(-2000 // EVAL_BATCH)  # the signal comes in the second batch of epoch 2's test
+    data, run = make_mnist(tmp_path / "data", test=1100), tmp_path / "run"
+    test_batches = -(-1100 // EVAL_BATCH)  # the signal comes in the second batch of epoch 2's test
     code, out, err = child("train", "tta_output", test_batches + 2, "SIGTERM", "1", "--epochs", 4,
                            "--batch-size", 32, "--data-dir", data, "--out", run)
     assert code == 143 and "Traceback" not in err, err
