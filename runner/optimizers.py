@@ -83,8 +83,3 @@ def make_optimizers(recipe: Recipe, model: nn.Module) -> list:
     muon.param_groups[0]["peak_lr"] = recipe.muon_lr
     return [sgd, muon]
 
-
-def peak_rates(recipe: Recipe, model: nn.Module) -> list:
-    """Every group's peak rate, in the order of the optimizers' groups (the recipe's, not a checkpoint's)."""
-    rates = [group["peak_lr"] for group in parameter_groups(recipe, model)]
-    return rates + ([recipe.muon_lr] if recipe.optimizer == "muon" else [])

@@ -2,7 +2,8 @@
 epoch, step and metrics, in one object whose state_dict is the checkpoint.
 
 Checkpoints carry a format number. Format 1 (the first release) had fixed keys; it still loads, with defaults for
-what it lacks. Format 3 keeps a list of optimizers (Muon and SGD for optimizer=muon) where 1 and 2 kept one. Random streams: `shuffle` orders the batches and is shared by every process; `augment` and torch's
+what it lacks. Format 3 keeps a list of optimizers (Muon and SGD for optimizer=muon) where 1 and 2 kept one.
+Random streams: `shuffle` orders the batches and is shared by every process; `augment` and torch's
 own generator (dropout) belong to each process and are saved per process, as is the training device's generator.
 """
 import math
@@ -13,7 +14,7 @@ from torch import nn
 from runner.devices import derive_seed, device_rng_state, restore_device_rng
 from runner.distributed import SOLO, Group
 from models import whitening_layer
-from runner.optimizers import make_optimizers, peak_rates
+from runner.optimizers import make_optimizers
 from runner.settings import Recipe
 
 FORMAT = 3
@@ -127,9 +128,10 @@ class TrainingState:
         saved = state["optimizers"] if "optimizers" in state else [state["optimizer"]]
         if len(saved) != len(self.optimizers):
             raise ValueError(f"{len(saved)} optimizer(s) saved, {len(self.optimizers)} in the recipe")
+        peaks = [group["peak_lr"] for group in self.param_groups]  # the recipe's (format 1 saved none)
         for optimizer, optimizer_state in zip(self.optimizers, saved):
             optimizer.load_state_dict(optimizer_state)
-        for group, peak in zip(self.param_groups, peak_rates(self.recipe, self.model)):
+        for group, peak in zip(self.param_groups, peaks):
             group["peak_lr"] = peak
         self.epoch = int(state["epoch"])
         self.step = int(state.get("step", self.epoch * self.steps_per_epoch))
