@@ -27,6 +27,7 @@ EXAMPLES = """commands:
   main.py fields                       every recipe field --set can give: type, default, values, versions
   main.py ablate V [--add]             V, V without each of its ideas, and its parent (see main.py ablate -h)
   main.py --resume RUN_DIR [--epochs N] continue a run (a larger N extends a finished one)
+  main.py status RESULTS_DIR           a table's runs: finished, running (where), failed, waiting
   main.py eval RUN_DIR                 test a saved run: per-class accuracy and confusion.png
   main.py export RUN_DIR [--tta]       the run's model as ONNX (model.onnx), checked in ONNX Runtime
   main.py predict RUN_DIR IMAGE...     top-3 classes for each image
@@ -125,8 +126,8 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
                             "taking it out of V")
     else:
         parser = Parser(
-            prog="main.py", usage="%(prog)s [VERSIONS | list | fields | ablate V | eval RUN_DIR | "
-            "predict RUN_DIR IMAGE... | export RUN_DIR] [options]",
+            prog="main.py", usage="%(prog)s [VERSIONS | list | fields | ablate V | status RESULTS_DIR | "
+            "eval RUN_DIR | predict RUN_DIR IMAGE... | export RUN_DIR] [options]",
             description="Train and test the versions of the image-classification ablation ladder.",
             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("versions", nargs="?", type=version_list, metavar="VERSIONS",
@@ -152,8 +153,27 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
     record.add_argument("--out", metavar="DIR", help="run folder (one version) or results folder (several)")
     record.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     record.add_argument("--force", action="store_true", help="start over in folders that hold runs of this tool")
-    record.add_argument("--fail-fast", action="store_true", help="a sweep or table stops at its first failed run "
-                        "(by default the other runs go on)")
+    record.add_argument("--fail-fast", action="store_true", help="a sweep or table stops at its first failed run, "
+                        "in every copy started with --fail-fast (by default the other runs go on)")
+    record.add_argument("--retry-failed", action="store_true", help="a table tries its runs that failed for good "
+                        "(e.g. diverged, or met damaged data) again; other copies skip them")
+    record.add_argument("--lease", type=lease_seconds, metavar="SECONDS", help="a table's copies take a run over "
+                        "when its owner's heartbeat stood still this long (default 180)")
+    slurm = parser.add_argument_group("Slurm (a table, sweep or ablation as a job array, through submitit)")
+    slurm.add_argument("--slurm", action="store_true", help="submit the command as a Slurm job array whose tasks "
+                       "share its runs out, print the job id and return (see README)")
+    slurm.add_argument("--slurm-partition", metavar="NAME", help="the partition (default: the cluster's)")
+    slurm.add_argument("--slurm-gpus", type=worker_count, metavar="G", help="GPUs per task (default none); with "
+                       "several, the task starts one process per GPU, each training whole runs")
+    slurm.add_argument("--slurm-cpus", type=worker_count, metavar="C", help="CPU cores per task (default 1)")
+    slurm.add_argument("--slurm-time", type=worker_count, metavar="MINUTES", help="each task's time limit; a task "
+                       "that reaches it is requeued and continues its run (default 60)")
+    slurm.add_argument("--slurm-tasks", type=worker_count, metavar="N", help="tasks in the array (default: one "
+                       "per run)")
+    slurm.add_argument("--slurm-array-parallelism", type=worker_count, metavar="N", help="tasks running at once "
+                       "(default 256)")
+    slurm.add_argument("--slurm-executor", choices=("slurm", "local"), help="local: submitit's local executor, the "
+                       "same tasks as processes on this machine (to try the array without a cluster)")
     return parser
 
 
@@ -189,6 +209,16 @@ def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", type=one_device, default="auto", metavar="D",
                         help="auto (default), cpu, cuda, cuda:K or mps")
     return parser
+
+
+def lease_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a lease: give seconds from 1 to 86400")
+    return value
 
 
 def one_device(text: str) -> str:
@@ -291,6 +321,24 @@ def predict_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_status(argv: list) -> int:
+    """status: torch is never imported on this path."""
+    from runner.errors import RunnerError
+    from runner.status import status_lines
+
+    parser = argparse.ArgumentParser(prog="main.py status", description="What the copies of a table, sweep or "
+                                     "ablation command have done in its results folder: each run finished, running "
+                                     "(on which machine and process), failed (why) or waiting.")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the results folder (--out) of the command")
+    args = parser.parse_args(argv)
+    try:
+        print("\n".join(status_lines(Path(args.results_dir))))
+    except RunnerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
 def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -304,6 +352,8 @@ def main(argv: list | None = None) -> int:
                 build_parser().error(f"{argv[0]} takes no arguments (got {' '.join(argv[1:])})")
             print(version_table() if argv[0] == "list" else fields_table())
             return 0
+        if argv[0] == "status":
+            return show_status(argv[1:])
         if argv[0] in ("eval", "predict", "export"):
             parser = build_saved_run_parser(argv[0])
             args = parser.parse_args(argv[1:])

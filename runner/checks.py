@@ -138,6 +138,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
                          f"{', '.join(flags)} can)")
         if args.image_folder:
             check_image_folder(parser, args.image_folder, holdout=saved_holdout(args.resume))
+        check_slurm(parser, args)
         return
     if not args.versions:
         parser.error("say which versions to run, e.g. 9 or 1,3,6-9 (see: python main.py list)")
@@ -155,8 +156,24 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         check_image_folder(parser, args.image_folder, holdout=bool(args.holdout))
         args.folder_versions = versions_on_folder(parser, args)
     check_holdout(parser, args)
+    check_slurm(parser, args)
     check_creatable_dir(parser, "--data-dir", args.data_dir or "data", writable=False)
     check_creatable_dir(parser, "--out" if args.out else "runs", args.out or "runs", writable=True)
+
+
+def check_slurm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--slurm submits a table (several runs into one results folder); its options need it."""
+    options = [name for name, value in vars(args).items() if name.startswith("slurm_") and value is not None]
+    if options and not args.slurm:
+        parser.error(f"--{options[0].replace('_', '-')} sets a Slurm job array: add --slurm")
+    if not args.slurm:
+        return
+    if args.resume or "RANK" in os.environ:
+        parser.error("--slurm submits a table, sweep or ablation from a login node: not with --resume, nor under "
+                     "torchrun (a Slurm task with several GPUs starts its processes itself: --slurm-gpus)")
+    if len(args.versions) == 1 and len(args.arms) == 1 and args.seeds is None and not args.ablate:
+        parser.error("--slurm submits several runs into one results folder: give several versions, --seeds, a --set "
+                     "sweep, or ablate")
 
 
 def parsed_assignments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
@@ -262,6 +279,6 @@ def process_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--procs {args.procs} does not match the {len(devices)} devices of --device {args.device}")
     if len(devices) == 1 and (args.procs or 1) > 1 and devices[0].startswith("cuda:"):
         parser.error(shared_gpu(args.device, args.procs))
-    if "RANK" in os.environ:
-        return 1
+    if "RANK" in os.environ or args.slurm:
+        return 1  # under torchrun, or each Slurm task starts its own
     return max(args.procs or 1, len(devices))

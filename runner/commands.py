@@ -6,12 +6,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from runner import claims
 from runner import distributed
 from runner import overrides
 from configs import VERSIONS
 from runner.console import EXIT_CODES, STOP, Stopped
 from runner.errors import RunnerError
-from runner.records import CHECKPOINT, RunFolder, leave_failure_marker
+
+
+class OthersTraining(RunnerError):
+    """This copy of a table's command has nothing left to train, while other copies still train runs."""
+
+    exit_code = 3
+    permanent = False
+from runner.records import CHECKPOINT, SLURM_LOGS, RunFolder, leave_failure_marker
 from runner.settings import (Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, flag_given,
                              flag_words, given)
 
@@ -140,22 +148,35 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     results_dir = Path(args.out or distributed.on_first(
         "choosing the results folder", lambda: str(RunFolder.new(Path("runs"), "table").path)))
     progress.created = None if args.out else results_dir
-    distributed.on_first("checking the results folder", lambda: results.claim_results_folder(results_dir))
+    distributed.on_first("checking the results folder", lambda: results.prepare_results_folder(results_dir))
+    if args.slurm:
+        from runner import slurm
+
+        jobs = slurm.submit(args, argv, results_dir, len(runs))
+        print(f"Submitted {len(jobs)} array task(s) (job {', '.join(dict.fromkeys(job.split('_')[0] for job in jobs))})"
+              f", each taking runs of {results_dir} until none is left; their logs: {results_dir / SLURM_LOGS}.\n"
+              f"See them with: {command_line('status', results_dir)}")
+        return
     again = [word for word in argv if word != "--force"] + ([] if args.out else ["--out", results_dir])
     progress.label, progress.folder, progress.resume_command = "Results folder", results_dir, command_line(*again)
-    paths = distributed.on_first("placing the runs", lambda: results.place_runs(results_dir, runs,
-                                                                               args.seeds is not None))
+    lease = args.lease or claims.DEFAULT_LEASE
+    paths = distributed.on_first("placing the runs", lambda: results.place_runs(
+        results_dir, runs, args.seeds is not None, args.force, lease, args.retry_failed))
     planned = [(run, RunFolder(Path(path))) for run, path in zip(runs, paths)]
-    mine = planned[distributed.rank()::distributed.world_size()]
-    alone = distributed.world_size() == 1
     baseline = runs[0] if args.ablate else None
-    results.run_table(mine, args.force, lambda run, folder, resume: train.fit(run, folder, resume),
-                      (lambda: results.write_results(results_dir, planned, baseline)) if alone else None,
-                      args.fail_fast)
-    distributed.everyone("waiting for the table's other runs", None)
-    if distributed.is_writer():
-        chosen = (lambda row: whole_split_command(args, row)) if args.holdout and len(args.arms) > 1 else None
-        results.report(results_dir, planned, chosen, baseline)
+    elsewhere = results.run_table(results_dir, planned, lambda run, folder, resume: train.fit(run, folder, resume),
+                                  lambda: results.publish(results_dir, planned, baseline), args.fail_fast, lease)
+    elsewhere = [claim for claims_left in distributed.everyone("waiting for the table's other runs", elsewhere)
+                 for claim in claims_left if claims.read_claim(claim[0]) is not None]
+    if not distributed.is_writer():
+        return
+    if elsewhere:
+        results.publish(results_dir, planned, baseline)
+        raise OthersTraining(f"{len(elsewhere)} run(s) are still trained by other copies of this command (first: "
+                             f"{elsewhere[0][0]}, by {claims.owner_text(elsewhere[0][1])}); the copy that ends last "
+                             f"prints the table. See them with: {command_line('status', results_dir)}")
+    chosen = (lambda row: whole_split_command(args, row)) if args.holdout and len(args.arms) > 1 else None
+    results.report(results_dir, planned, chosen, baseline)
 
 
 def whole_split_command(args, row: dict) -> str:
@@ -191,7 +212,7 @@ def train_one(run: RunConfig, args, group, progress: Progress) -> None:
     if restarted:
         distributed.on_first("checking the run folder", lambda: results.check_same_run(folder, run))
     else:
-        distributed.on_first("checking the run folder", lambda: folder.claim(args.force))
+        distributed.on_first("checking the run folder", lambda: folder.prepare(args.force))
     train.fit(run, folder, restarted, group)
 
 
@@ -329,6 +350,9 @@ def guarded(work) -> int:
         return stopped(progress, stop.exit_code if isinstance(stop, Stopped) else 130)
     except distributed.PeerLost:
         return 1  # the process that failed has said why
+    except OthersTraining as note:
+        print(note, file=sys.stderr)
+        return note.exit_code
     except RunnerError as error:
         return fail(str(error), error.exit_code, error.shared, progress.marker if error.permanent else None)
     except torch.OutOfMemoryError:

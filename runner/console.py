@@ -19,21 +19,22 @@ class Stopped(BaseException):
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
-        self.exit_code = EXIT_CODES[signum]
+        self.exit_code = EXIT_CODES.get(signum, 128 + signum)
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; `check` raises Stopped once it is set."""
+    """Set by SIGINT/SIGTERM (or the signals given); `check` raises Stopped once it is set."""
 
     def __init__(self):
         self.signum = None
         self.previous = {}
         self.second_stops_at_once = True
+        self.signals = tuple(EXIT_CODES)  # a Slurm task stops on its requeue signal instead of SIGTERM (slurm.py)
 
     def install(self, second_stops_at_once: bool = True) -> None:
         self.signum = None
         self.second_stops_at_once = second_stops_at_once
-        for signum in EXIT_CODES:
+        for signum in self.signals:
             self.previous[signum] = signal.signal(signum, self._on_signal)
 
     def uninstall(self) -> None:

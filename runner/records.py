@@ -25,6 +25,8 @@ MODEL = "model.onnx"  # main.py export's
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CURVES, CONFUSION, MISTAKES, FAILED, MODEL)
 EVENT_FILES, HPARAMS_RUN = "events.out.tfevents.", "hparams"  # TensorBoard's, written by events.py
 FAILURE_MARKER = ".failed"  # a failure no restart can fix, for processes torchrun restarts (distributed.py)
+CLAIM = ".claim"  # who trains the run now (claims.py); its temporary and stale copies are .claim.*
+SLURM_LOGS = ".slurm"  # in a results folder: submitit's files and each Slurm task's output (slurm.py)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "val_loss", "val_acc",
                   "test_seconds"]
 CONFIG_FORMAT = 2
@@ -33,9 +35,13 @@ FORMAT_1_KEYS = {"version", "dataset", "model", "model_args", "params", "optimiz
                  "seed", "device", "loader", "eval_every", "data_dir", "image_folder", "overrides"}
 
 
+def is_claim_file(name: str) -> bool:
+    return name == CLAIM or name.startswith(CLAIM + ".")
+
+
 def is_ours_hidden(name: str) -> bool:
-    """A hidden file this tool leaves: a temporary file of a write cut short, or the failure marker."""
-    return name == FAILURE_MARKER or any(name.startswith(f".{file}.") and name.endswith(".tmp") for file in RUN_FILES)
+    """A hidden file this tool leaves: a temporary file of a write cut short, the failure marker, or a claim."""
+    return name == FAILURE_MARKER or is_claim_file(name) or any(name.startswith(f".{file}.") and name.endswith(".tmp") for file in RUN_FILES)
 
 
 def leave_failure_marker(folder: Path, message: str) -> None:
@@ -106,6 +112,7 @@ class RunFolder:
 
     def __init__(self, path: Path, writer: bool = True):
         self.path, self.writer = Path(path), writer
+        self.guard = None  # called before each checkpoint write: raises when this process may no longer write
 
     @classmethod
     def new(cls, parent: Path, name: str) -> "RunFolder":
@@ -134,7 +141,7 @@ class RunFolder:
     def has_checkpoint(self) -> bool:
         return (self / CHECKPOINT).exists()
 
-    def claim(self, force: bool) -> None:
+    def prepare(self, force: bool) -> None:
         """Make the folder ready for a new run: a new or empty folder, a run of ours that never finished an epoch,
         or (with force) any run of ours. Anything else is refused, and nothing in it is touched."""
         if not self.path.exists() or all(is_ours_hidden(entry.name) for entry in self.path.iterdir()):
@@ -151,10 +158,13 @@ class RunFolder:
         self.clear()
 
     def clear(self) -> None:
-        """Remove this tool's record files (only those: the folder may hold the user's own files too)."""
+        """Remove this tool's record files (only those: the folder may hold the user's own files too), except
+        the claim of the process about to train the run."""
         if not self.writer or not self.path.is_dir():
             return
         for entry in self.path.iterdir():
+            if is_claim_file(entry.name):
+                continue
             if entry.name in RUN_FILES or entry.name.startswith(EVENT_FILES) or is_ours_hidden(entry.name):
                 entry.unlink()
             elif entry.name == HPARAMS_RUN and entry.is_dir():
@@ -198,6 +208,8 @@ class RunFolder:
         """Written beside the old checkpoint and read back before it replaces it."""
         import torch
 
+        if self.guard:
+            self.guard()
         if self.writer:
             atomic_write(self / CHECKPOINT, lambda f: torch.save(state, f), verify=load_checkpoint)
 

@@ -2,18 +2,22 @@
 --set settings) and seed, and results.md, .csv and .png. Running the same command again skips finished runs and
 resumes unfinished ones; each run's row comes from its checkpoint's metrics, cut to the epochs the table asks for."""
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from configs import VERSIONS
+from runner import claims
+from runner.console import STOP
 from runner.distributed import say
-from runner.errors import CheckpointError, Diverged, RunnerError
+from runner.errors import CheckpointError, RunnerError
 from runner.overrides import arm_words
 from runner.files import atomic_write, write_text
-from runner.records import CONFIG, RunFolder
+from runner.records import CHECKPOINT, CLAIM, CONFIG, FAILED, RunFolder
 from runner.settings import DATASETS, RunConfig, differences
 
 RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
+FAIL_FAST = ".fail-fast"  # a run failed under --fail-fast: every copy started with it stops
 # After the twelve: the arm, why a row lacks runs, the held-out accuracy (--holdout), then the statistics of the
 # accuracy compared (test, or val under --holdout): its 95% interval and the row's difference with another row.
 ADDED_COLUMNS = ["status", "arm", "val_acc", "val_acc_std", "acc_low", "acc_high", "compared_with", "difference",
@@ -44,7 +48,7 @@ def describe(run: RunConfig) -> str:
         f", seed {run.identity.seed}"
 
 
-def claim_results_folder(path: Path) -> None:
+def prepare_results_folder(path: Path) -> None:
     """A results folder is new, empty, or holds only run folders of ours and results files; anything else is
     refused before anything is written."""
     if path.exists():
@@ -81,9 +85,14 @@ def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
                           f"{ours!r}: use another --out, or --force to start over")
 
 
-def place_runs(results_dir: Path, runs: list, seeds_given: bool) -> list:
+def place_runs(results_dir: Path, runs: list, seeds_given: bool, force: bool = False,
+               lease: float = claims.DEFAULT_LEASE, retry_failed: bool = False) -> list:
     """Each planned run's folder (as a path): the one in results_dir whose config.json holds that very run, so a grown
-    grid or an added seed never retrains what exists, whatever its folder is called; else one named for it."""
+    grid or an added seed never retrains what exists, whatever its folder is called; else one named for it. A run
+    folder that holds another run of the same name refuses the command before anything changes (with force:
+    everything starts over, once no process trains any of them; with retry_failed, runs that failed for good are
+    tried again). Every planned folder then holds its run's config.json, so that other copies of the command and
+    `status` see the whole table."""
     stored = []
     for entry in sorted(results_dir.iterdir()) if results_dir.is_dir() else []:
         folder = RunFolder(entry)
@@ -101,38 +110,172 @@ def place_runs(results_dir: Path, runs: list, seeds_given: bool) -> list:
                 placed[index] = next((path for path, config in stored if path not in placed
                                       and not run_differences(config, run)
                                       and (config.recipe.epochs == run.recipe.epochs or not exact)), None)
-    return [str(path or results_dir / run_name(run, seeds_given)) for path, run in zip(placed, runs)]
-
-
-def run_table(planned: list, force: bool, train, after_each_run=None, fail_fast: bool = False) -> None:
-    """Train every planned (RunConfig, RunFolder) that is not finished, with train(run, folder, resume). A run that
-    diverges is recorded as failed in its folder (and not tried again) and the others go on, unless fail_fast."""
-    for run, folder in planned:
-        if force:
-            folder.clear()
+    folders = [RunFolder(path or results_dir / run_name(run, seeds_given)) for path, run in zip(placed, runs)]
+    if force:
+        start_over(folders, lease)
+    for run, folder in zip(runs, folders):
         if (folder / CONFIG).exists():
             check_same_run(folder, run)
-        failure = folder.failure()
-        if failure:
-            say(f"{describe(run)}: failed earlier ({failure}); skipped (--force starts it over)")
-            continue
-        done = folder.epochs_done()
-        if done >= run.recipe.epochs:
-            say(f"{describe(run)}: finished ({done} epochs) in {folder.path}; skipped")
-            continue
-        if not done:
-            folder.claim(force=True)
-        say(f"\n== {describe(run)}: {DATASETS[run.dataset].title}, {run.recipe.model} "
-            f"({'resuming after epoch ' + str(done) if done else 'new'}) -> {folder.path}")
-        try:
-            train(run, folder, done > 0)
-        except Diverged as error:
-            folder.record_failure(str(error))
+    for run, folder in zip(runs, folders):
+        if not (folder / CONFIG).exists():
+            folder.path.mkdir(exist_ok=True)
+            folder.write_config(run)
+        if retry_failed:
+            (folder / FAILED).unlink(missing_ok=True)
+    return [str(folder.path) for folder in folders]
+
+
+def start_over(folders: list, lease: float) -> None:
+    """--force: clear every planned run folder, once none is claimed by a live process (watched for a lease)."""
+    watcher = claims.Watcher(lease)
+    claimed = [folder.path for folder in folders if claims.read_claim(folder.path) is not None]
+    if claimed:
+        say(f"--force: {len(claimed)} run(s) are claimed; watching their heartbeats for up to {lease:g} s")
+    deadline = time.monotonic() + lease
+    while claimed and watcher.live(claimed):
+        if time.monotonic() > deadline:
+            path, record = watcher.live(claimed)[0]
+            raise RunnerError(f"--force: {path} is being trained by {claims.owner_text(record)}: stop that copy "
+                              "first, or run without --force (nothing was changed)")
+        STOP.check()
+        time.sleep(claims.poll_interval(lease))
+    for folder in folders:
+        for entry in folder.path.glob(CLAIM + "*") if folder.path.is_dir() else []:
+            entry.unlink(missing_ok=True)
+        folder.clear()
+
+
+class TableStopped(RunnerError):
+    """Another copy's run failed under --fail-fast: this copy stops too (its own run is not at fault)."""
+
+    permanent = False
+
+
+def run_table(results_dir: Path, planned: list, train, after_each_run=None, fail_fast: bool = False,
+              lease: float = claims.DEFAULT_LEASE) -> list:
+    """Train, with train(run, folder, resume), every planned (RunConfig, RunFolder) that is neither finished nor
+    failed, one at a time, each under this process's claim, so that any number of processes on the folder train
+    each run once. A run that fails for good is recorded as failed in its folder and the others go on (with
+    fail_fast, a mark in the results folder stops every copy started with it). With nothing left to take, the
+    other processes' claims are watched for a lease and taken over when their owner died. Returns the claims still
+    live then (folder, record): the runs other processes are training."""
+    watcher, settled = claims.Watcher(lease), set()
+    mark = results_dir / FAIL_FAST
+    if not fail_fast:
+        mark.unlink(missing_ok=True)
+    while True:
+        trained = False
+        for run, folder in planned:
+            if folder.path in settled:
+                continue
             if fail_fast:
-                raise
-            say(f"{describe(run)} failed: {error}")
-        if after_each_run:
-            after_each_run()
+                check_fail_fast(mark)
+            claim = watcher.take(folder.path)
+            if claim is None:
+                continue
+            try:
+                ended = ended_before(run, folder)
+                if ended:
+                    settled.add(folder.path)
+                    say(f"{describe(run)}: {ended}; skipped")
+                    continue
+                trained = True
+                if train_claimed(run, folder, claim, train, mark if fail_fast else None):
+                    settled.add(folder.path)
+            finally:
+                claim.release()
+            if after_each_run:
+                after_each_run()
+        if trained:
+            continue
+        elsewhere = [folder.path for _, folder in planned if folder.path not in settled]
+        if not elsewhere:
+            return []
+        live = watch(watcher, elsewhere, lease)
+        if len(live) == len(elsewhere):
+            return live
+
+
+def watch(watcher: claims.Watcher, folders: list, lease: float) -> list:
+    """Watch the claims on folders for a lease, or until one is released or lapses; the live ones then."""
+    deadline = time.monotonic() + lease
+    live = watcher.live(folders)
+    while len(live) == len(folders) and time.monotonic() < deadline:
+        STOP.check()
+        time.sleep(claims.poll_interval(lease))
+        live = watcher.live(folders)
+    return live
+
+
+def ended_before(run: RunConfig, folder: RunFolder) -> str | None:
+    """Why a run needs no training (it failed for good, or has its epochs), or None."""
+    failure = folder.failure()
+    if failure:
+        return f"failed earlier ({failure}; --retry-failed tries it again)"
+    done = folder.epochs_done()
+    return f"finished ({done} epochs) in {folder.path}" if done >= run.recipe.epochs else None
+
+
+def train_claimed(run: RunConfig, folder: RunFolder, claim: claims.Claim, train, mark: Path | None) -> bool:
+    """Train a run this process holds the claim of; True when it ended (trained, or failed for good), False when
+    another process took it over. Before each checkpoint, the claim (and the --fail-fast mark) is checked."""
+    done = folder.epochs_done()
+    if not done:
+        folder.prepare(force=True)
+        folder.write_config(run)
+    say(f"\n== {describe(run)}: {DATASETS[run.dataset].title}, {run.recipe.model} "
+        f"({'resuming after epoch ' + str(done) if done else 'new'}) -> {folder.path}")
+
+    def guard():
+        claim.check()
+        if mark:
+            check_fail_fast(mark)
+
+    folder.guard = guard
+    try:
+        train(run, folder, done > 0)
+    except claims.ClaimLost as lost:
+        say(f"{describe(run)}: {lost}")
+        return False
+    except RunnerError as error:
+        if not error.permanent:
+            raise
+        folder.record_failure(str(error))
+        if mark:
+            write_text(mark, f"{describe(run)} failed: {error}\n")
+            raise
+        say(f"{describe(run)} failed: {error}")
+    finally:
+        folder.guard = None
+    return True
+
+
+def check_fail_fast(mark: Path) -> None:
+    try:
+        why = mark.read_text().strip()
+    except FileNotFoundError:
+        return
+    raise TableStopped(f"{why}; with --fail-fast every copy stops (run the command without --fail-fast to go on "
+                       "with the other runs)")
+
+
+def publish(results_dir: Path, planned: list, baseline: RunConfig | None = None) -> list:
+    """write_results, written again while runs ended meanwhile (other processes finish runs at any time), so that
+    the last writer never leaves a finished run out."""
+    while True:
+        before = [run_mark(folder) for _, folder in planned]
+        rows = write_results(results_dir, planned, baseline)
+        if [run_mark(folder) for _, folder in planned] == before:
+            return rows
+
+
+def run_mark(folder: RunFolder) -> tuple:
+    """What changes when a run records an epoch or a failure."""
+    try:
+        stat = (folder / CHECKPOINT).stat()
+        return folder.failure(), stat.st_mtime_ns, stat.st_size
+    except FileNotFoundError:
+        return folder.failure(), None, None
 
 
 def report(results_dir: Path, planned: list, whole_split_command=None, baseline: RunConfig | None = None) -> list:
@@ -140,7 +283,7 @@ def report(results_dir: Path, planned: list, whole_split_command=None, baseline:
     on held-out images), also which row is best there and the command that trains it on the whole training split
     and tests it. A planned run without a result at the table's epochs is a failure (RunnerError) naming it,
     after the table that shows why in its status. baseline: the arm every other is compared with (an ablation)."""
-    rows = write_results(results_dir, planned, baseline)
+    rows = publish(results_dir, planned, baseline)
     print("\n" + markdown_table(rows))
     scored = [row for row in rows if row["acc"] is not None]
     if whole_split_command and scored:

@@ -178,7 +178,7 @@ def test_a_failed_arm_is_marked_and_the_others_go_on_unless_fail_fast(cli, mnist
     assert code == 1 and "failed earlier" in out and "Training..." not in out  # not tried again
     code, out, err = sweep(cli, mnist_dir, tmp_path / "fast", "--set", "lr=1e3,0.05", "--fail-fast")
     assert code == 1 and "uniform guess" in err and out.count("Training...") == 1
-    assert not (tmp_path / "fast" / "v1-lr=0.05").exists()
+    assert not (tmp_path / "fast" / "v1-lr=0.05" / "checkpoint.pt").exists()  # placed, never trained
 
 
 def test_a_single_arm_trains_one_run_named_for_its_settings(cli, mnist_dir, tmp_path):

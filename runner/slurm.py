@@ -1,0 +1,86 @@
+"""--slurm: a table, sweep or ablation submitted as a Slurm job array through submitit. Every task runs the same
+command on the same results folder, so the tasks divide its runs by claiming them (results.run_table); a task
+with nothing left to take ends. A task that Slurm preempts or times out is requeued by submitit: its signal
+(SIGUSR2 on Slurm) sets the runner's stop flag, the run stops between two steps and releases its claim, and only
+then does submitit requeue the task, which continues the run from its checkpoint."""
+import os
+import signal
+import sys
+from pathlib import Path
+
+import submitit
+
+from runner.console import STOP
+from runner.errors import RunnerError
+from runner.records import FAILED, SLURM_LOGS, RunFolder
+
+SHARED_FLAGS = {"--slurm", "--retry-failed"}  # switches the tasks do not repeat
+VALUED_FLAGS = {"--slurm-partition", "--slurm-gpus", "--slurm-cpus", "--slurm-time", "--slurm-tasks",
+                "--slurm-array-parallelism", "--slurm-executor"}
+
+
+class Task(submitit.helpers.Checkpointable):
+    """One array task: the command, in this task's process; requeued with the same arguments when preempted."""
+
+    def __init__(self, argv: list):
+        self.argv = argv
+
+    def __call__(self, index: int) -> int:
+        requeue_signal = next((signum for signum in (signal.SIGUSR2, signal.SIGUSR1)
+                               if callable(signal.getsignal(signum))), None)
+        requeue = signal.getsignal(requeue_signal) if requeue_signal else None
+        if requeue_signal:
+            STOP.signals = (signal.SIGINT, requeue_signal)  # SIGTERM stays ignored, as submitit set it
+        import main
+
+        code = main.main(self.argv)
+        if requeue and STOP.signum == requeue_signal:
+            print(f"task {index}: preempted or timed out; its claim is released, requeueing", file=sys.stderr)
+            requeue(requeue_signal, None)  # submitit: checkpoint, requeue, exit
+        if code not in (0, 3):
+            raise RunnerError(f"task {index} of the array ended with exit status {code}: see its log")
+        return code
+
+
+def task_argv(argv: list, results_dir: Path, gpus: int) -> list:
+    """The command each task runs: this one without the Slurm flags, on the results folder, with one process per
+    GPU of the task (each taking whole runs of its own) when it has several."""
+    words, skip = [], False
+    for word in argv:
+        name = word.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in SHARED_FLAGS:
+            continue
+        elif name in VALUED_FLAGS:
+            skip = "=" not in word
+        else:
+            words.append(word)
+    if "--out" not in words:
+        words += ["--out", str(results_dir)]
+    if gpus > 1 and "--procs" not in words:
+        words += ["--procs", str(gpus)]
+    return words
+
+
+def submit(args, argv: list, results_dir: Path, runs: int) -> list:
+    """Submit the array (one task per run unless --slurm-tasks says otherwise); returns the job ids. With
+    --retry-failed, the folder's failed runs are cleared here, once, before any task starts."""
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    if args.retry_failed:
+        for entry in results_dir.iterdir():
+            if entry.is_dir() and RunFolder(entry).is_ours():
+                (entry / FAILED).unlink(missing_ok=True)
+    try:
+        executor = submitit.AutoExecutor(folder=results_dir / SLURM_LOGS / "%j", cluster=args.slurm_executor or "slurm")
+    except RuntimeError as error:
+        raise RunnerError(f"--slurm: no Slurm here ({error}): submit from the cluster's login node, or try the array "
+                          "on this machine with --slurm-executor local") from None
+    gpus = args.slurm_gpus or 0
+    executor.update_parameters(name=f"main.py-{results_dir.name}", timeout_min=args.slurm_time or 60,
+                               gpus_per_node=gpus, tasks_per_node=1, cpus_per_task=args.slurm_cpus or 1,
+                               slurm_array_parallelism=args.slurm_array_parallelism or 256,
+                               **({"slurm_partition": args.slurm_partition} if args.slurm_partition else {}))
+    jobs = executor.map_array(Task(task_argv(argv, results_dir, gpus)), range(args.slurm_tasks or runs))
+    return [job.job_id for job in jobs]
