@@ -19,7 +19,6 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from runner import distributed
 from runner.errors import RunnerError
 from runner.files import write_text
 from runner.records import CLAIM
@@ -47,6 +46,8 @@ def read_claim(folder: Path) -> dict | None:
 
 def torchrun_group() -> str | None:
     """The processes of one torchrun launch on this machine (its agent is their parent), or None outside one."""
+    from runner import distributed  # here, so that `status` imports no torch
+
     if not distributed.launched():
         return None
     return f"{socket.gethostname()}:{os.getppid()}:{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
@@ -64,6 +65,8 @@ class Claim:
     """This process's claim on one run folder, with its heartbeat thread; `check` before each checkpoint write."""
 
     def __init__(self, folder: Path, lease: float):
+        from runner import distributed
+
         self.folder, self.lease = Path(folder), lease
         self.record = dict(token=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
                            group=torchrun_group(), attempt=distributed.restart_count(),
@@ -142,6 +145,8 @@ class Watcher:
         self.seen = {}  # folder -> ((token, beat), monotonic time first seen so)
 
     def stale(self, folder: Path, record: dict) -> bool:
+        from runner import distributed
+
         group = torchrun_group()
         if group and record.get("group") == group and record.get("attempt", 0) < distributed.restart_count():
             return True

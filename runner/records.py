@@ -219,6 +219,13 @@ class RunFolder:
     def epochs_done(self) -> int:
         return int(self.load_checkpoint()["epoch"]) if self.has_checkpoint() else 0
 
+    def epochs_recorded(self) -> int:
+        """The epochs metrics.csv holds, read without torch (it is written after the checkpoint of each)."""
+        try:
+            return max(0, len((self / METRICS).read_text().splitlines()) - 1)
+        except FileNotFoundError:
+            return 0
+
     def record_failure(self, message: str) -> None:
         if self.writer:
             write_text(self / FAILED, message + "\n")

@@ -13,7 +13,7 @@ from runner.distributed import say
 from runner.errors import CheckpointError, RunnerError
 from runner.overrides import arm_words
 from runner.files import atomic_write, write_text
-from runner.records import CHECKPOINT, CLAIM, CONFIG, FAILED, RunFolder
+from runner.records import CLAIM, CONFIG, FAILED, RunFolder
 from runner.settings import DATASETS, RunConfig, differences
 
 RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
@@ -170,22 +170,24 @@ def run_table(results_dir: Path, planned: list, train, after_each_run=None, fail
                 continue
             if fail_fast:
                 check_fail_fast(mark)
-            claim = watcher.take(folder.path)
-            if claim is None:
-                continue
-            try:
-                ended = ended_before(run, folder)
-                if ended:
-                    settled.add(folder.path)
-                    say(f"{describe(run)}: {ended}; skipped")
+            ended = ended_before(run, folder)  # a finished run needs no claim, and a stale one on it is ignored
+            if not ended:
+                claim = watcher.take(folder.path)
+                if claim is None:
                     continue
-                trained = True
-                if train_claimed(run, folder, claim, train, mark if fail_fast else None):
-                    settled.add(folder.path)
-            finally:
-                claim.release()
-            if after_each_run:
-                after_each_run()
+                try:
+                    ended = ended_before(run, folder)  # it may have ended before this process's claim
+                    if not ended:
+                        trained = True
+                        if train_claimed(run, folder, claim, train, mark if fail_fast else None):
+                            settled.add(folder.path)
+                        if after_each_run:
+                            after_each_run()
+                finally:
+                    claim.release()
+            if ended:
+                settled.add(folder.path)
+                say(f"{describe(run)}: {ended}; skipped")
         if trained:
             continue
         elsewhere = [folder.path for _, folder in planned if folder.path not in settled]
@@ -263,19 +265,15 @@ def publish(results_dir: Path, planned: list, baseline: RunConfig | None = None)
     """write_results, written again while runs ended meanwhile (other processes finish runs at any time), so that
     the last writer never leaves a finished run out."""
     while True:
-        before = [run_mark(folder) for _, folder in planned]
+        before = [has_ended(run, folder) for run, folder in planned]
         rows = write_results(results_dir, planned, baseline)
-        if [run_mark(folder) for _, folder in planned] == before:
+        if [has_ended(run, folder) for run, folder in planned] == before:
             return rows
 
 
-def run_mark(folder: RunFolder) -> tuple:
-    """What changes when a run records an epoch or a failure."""
-    try:
-        stat = (folder / CHECKPOINT).stat()
-        return folder.failure(), stat.st_mtime_ns, stat.st_size
-    except FileNotFoundError:
-        return folder.failure(), None, None
+def has_ended(run: RunConfig, folder: RunFolder) -> bool:
+    """Finished or failed for good, as cheaply as the run folder tells (metrics.csv follows the checkpoint)."""
+    return (folder / FAILED).exists() or folder.epochs_recorded() >= run.recipe.epochs
 
 
 def report(results_dir: Path, planned: list, whole_split_command=None, baseline: RunConfig | None = None) -> list:

@@ -57,7 +57,7 @@ def task_argv(argv: list, results_dir: Path, gpus: int) -> list:
         else:
             words.append(word)
     if "--out" not in words:
-        words += ["--out", str(results_dir)]
+        words += ["--out", str(results_dir.resolve())]
     if gpus > 1 and "--procs" not in words:
         words += ["--procs", str(gpus)]
     return words

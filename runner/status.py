@@ -7,14 +7,7 @@ from pathlib import Path
 
 from runner.claims import owner_text, read_claim
 from runner.errors import RunnerError
-from runner.records import CONFIG, METRICS, SLURM_LOGS, RunFolder
-
-
-def epochs_recorded(folder: RunFolder) -> int:
-    try:
-        return max(0, len((folder / METRICS).read_text().splitlines()) - 1)
-    except FileNotFoundError:
-        return 0
+from runner.records import CONFIG, SLURM_LOGS, RunFolder
 
 
 def process_gone(record: dict) -> bool:
@@ -33,7 +26,7 @@ def process_gone(record: dict) -> bool:
 def run_status(folder: RunFolder) -> tuple[str, str]:
     """(state, what a person reads of it): finished, failed, running or waiting."""
     epochs = json.loads((folder / CONFIG).read_text()).get("epochs", 0)
-    done = epochs_recorded(folder)
+    done = folder.epochs_recorded()
     progress = f"{done}/{epochs} epochs"
     failure = folder.failure()
     if failure:

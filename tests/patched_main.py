@@ -1,113 +1,13 @@
-"""main.py with a probe or a fault put in place for a test, run by torchrun; PATCH in the environment says which:
-
-- weights: every process, not only the writer, saves its model's weights beside the checkpoint;
-- fail: the process of rank 1 fails with a RunnerError at its third step;
-- kill: the process of rank 1 kills itself (SIGKILL) after the first epoch, unless it was restarted;
-- steps: every process writes its pid to PROBE_DIR/pid-rank{RANK} as it starts, and the number of training steps
-  it began to PROBE_DIR/steps-rank{RANK} as it exits;
-- probes: every process writes to PROBE_DIR/probes-rank{RANK}, as it exits, how many images it decoded and the
-  names of the files it wrote;
-- wrap: every process writes to PROBE_DIR/wrap-rank{RANK} the process group's backend and the kinds of BatchNorm
-  in the model it trains (for the CUDA test of NCCL and --sync-bn).
-"""
-import atexit
-import json
+"""main.py with the probe or fault that PATCH in the environment names (tests/patches.py) put in place."""
 import os
-import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runner import records  # noqa: E402
-import train  # noqa: E402
-from runner.errors import RunnerError  # noqa: E402
+import patches  # noqa: E402
 
-RANK, PATCH = int(os.environ.get("RANK", 0)), os.environ["PATCH"]
-save_checkpoint, train_step = records.RunFolder.save_checkpoint, train.train_step
-steps = []
-
-
-def save_with_weights(folder, state):
-    import torch
-
-    torch.save(state["model"], folder.path / f"weights-rank{RANK}.pt")
-    save_checkpoint(folder, state)
-
-
-def failing_step(*args):
-    steps.append(1)
-    if RANK == 1 and len(steps) == 3:
-        raise RunnerError("rank 1 failed on purpose")
-    return train_step(*args)
-
-
-def counted_step(*args):
-    steps.append(1)
-    return train_step(*args)
-
-
-def write_steps():
-    (Path(os.environ["PROBE_DIR"]) / f"steps-rank{RANK}").write_text(str(len(steps)))
-
-
-def write_probes(counted: dict) -> None:
-    (Path(os.environ["PROBE_DIR"]) / f"probes-rank{RANK}").write_text(json.dumps(counted))
-
-
-def probe_decoding_and_writing() -> None:
-    import data
-
-    counted = {"decoded": 0, "written": []}
-    decode_image, atomic_write = data.decode_image, records.atomic_write
-
-    def counted_decode(*args, **kwargs):
-        counted["decoded"] += 1
-        return decode_image(*args, **kwargs)
-
-    def counted_write(path, *args, **kwargs):
-        counted["written"].append(Path(path).name)
-        return atomic_write(path, *args, **kwargs)
-
-    data.decode_image, records.atomic_write = counted_decode, counted_write
-    atexit.register(write_probes, counted)
-
-
-def probe_wrapping() -> None:
-    from runner import distributed
-
-    wrap = distributed.Group.wrap
-
-    def recorded_wrap(group, model, device, sync_bn):
-        wrapped = wrap(group, model, device, sync_bn)
-        kinds = sorted({type(module).__name__ for module in wrapped.modules() if "BatchNorm" in type(module).__name__})
-        (Path(os.environ["PROBE_DIR"]) / f"wrap-rank{RANK}").write_text(json.dumps(
-            {"backend": distributed.dist.get_backend(), "batch_norm": kinds}))
-        return wrapped
-
-    distributed.Group.wrap = recorded_wrap
-
-
-def save_then_die(folder, state):
-    save_checkpoint(folder, state)
-    if RANK == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-if PATCH == "weights":
-    records.RunFolder.save_checkpoint = save_with_weights
-elif PATCH == "fail":
-    train.train_step = failing_step
-elif PATCH == "kill":
-    records.RunFolder.save_checkpoint = save_then_die
-elif PATCH == "wrap":
-    probe_wrapping()
-elif PATCH == "probes":
-    probe_decoding_and_writing()
-elif PATCH == "steps":
-    (Path(os.environ["PROBE_DIR"]) / f"pid-rank{RANK}").write_text(str(os.getpid()))
-    train.train_step = counted_step
-    atexit.register(write_steps)
+patches.apply(os.environ["PATCH"])
 
 import main  # noqa: E402
 

@@ -122,15 +122,21 @@ def test_a_failure_no_restart_can_fix_ends_restarted_processes_at_once(tmp_path)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_two_processes_share_a_table_one_run_each(tmp_path):
+def test_two_processes_share_a_table_and_restarted_ones_take_their_claims_back_at_once(tmp_path):
+    """Rank 1 dies after its run's first epoch; torchrun restarts both, and the run it held is taken back without
+    waiting out the lease (600 s)."""
     data = make_mnist(tmp_path / "data")
     make_mnist(tmp_path / "data", "FashionMNIST")
-    result = torchrun("1,3", "--epochs", 1, "--batch-size", 32, "--data-dir", data, "--out", tmp_path / "table")
+    started = time.monotonic()
+    result = torchrun("1,3", "--epochs", 2, "--batch-size", 32, "--data-dir", data, "--out", tmp_path / "table",
+                      "--lease", 600, patch="kill", restarts=1)
     assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 200
     with open(tmp_path / "table" / "results.csv", newline="") as f:
         assert [row["version"] for row in csv.DictReader(f)] == ["1", "3"]
-    ranks = [json.loads((tmp_path / "table" / run / "config.json").read_text())["rank"] for run in ("v1", "v3")]
-    assert ranks == [0, 1]
+    for run in ("v1", "v3"):
+        assert [row["epoch"] for row in read_metrics(tmp_path / "table" / run)] == ["1", "2"]
+        assert json.loads((tmp_path / "table" / run / "config.json").read_text())["rank"] in (0, 1)
 
 
 def test_procs_launches_the_processes_through_torchruns_launcher(tmp_path):

@@ -128,8 +128,8 @@ def test_the_path_to_the_first_step_imports_no_torchvision_matplotlib_or_tensorb
     assert "imported before the first step: []" in probed.stdout
 
 
-def test_list_help_and_usage_errors_import_no_torch():
-    for argv in (["list"], ["--help"], ["1", "--epochs", "0"]):
+def test_list_help_status_and_usage_errors_import_no_torch():
+    for argv in (["list"], ["--help"], ["1", "--epochs", "0"], ["status", str(ROOT)]):
         probe = ("import sys; sys.path.insert(0, {root!r}); import main; code = main.main({argv!r}); "
                  "print('torch imported:', 'torch' in sys.modules)").format(root=str(ROOT), argv=argv)
         result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
