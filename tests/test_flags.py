@@ -16,6 +16,8 @@ import train
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics, watch_output_dtypes
 
 CUDA_ONLY = {"--sync-bn"}
+SLURM = {"--slurm", "--slurm-partition", "--slurm-gpus", "--slurm-cpus", "--slurm-time", "--slurm-tasks",
+         "--slurm-array-parallelism", "--slurm-executor"}  # tested through submitit's local executor (test_claims)
 
 
 def readme_flags() -> set:
@@ -72,13 +74,15 @@ def flag_runs(tmp_path, data) -> dict:
         "--force": base + ["--force"],
         "--set": base + ["--set", "weight_decay=1e-3", "--set", "model.hidden=50"],
         "--fail-fast": base + ["--set", "lr=0.05,0.1", "--fail-fast"],
+        "--retry-failed": base + ["--seeds", "0", "--retry-failed"],
+        "--lease": base + ["--seeds", "0,1", "--lease", "30"],
         "--add": ["ablate", "3", "--add", "--epochs", "1", "--data-dir", data, "--quiet"],
         "--resume": ["--resume", None, "--epochs", "2"],
     }
 
 
 def test_every_documented_cpu_flag_has_a_run(tmp_path, data):
-    assert set(flag_runs(tmp_path, data)) == readme_flags() - CUDA_ONLY
+    assert set(flag_runs(tmp_path, data)) == readme_flags() - CUDA_ONLY - SLURM
 
 
 class Terminal(io.StringIO):
@@ -112,6 +116,14 @@ def probe(flag: str, monkeypatch, tmp_path):
         return lambda: {step["threads"] for step in steps} == {2}
     if flag == "--cache-dir":
         return lambda: len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test split
+    if flag == "--lease":
+        from runner import claims
+
+        leases = []
+        watcher = claims.Watcher.__init__
+        monkeypatch.setattr(claims.Watcher, "__init__", lambda self, lease=180: (leases.append(lease),
+                                                                                 watcher(self, lease))[1])
+        return lambda: set(leases) == {30}
     if flag == "--set":
         return lambda: torch.load(tmp_path / "out" / "checkpoint.pt")["model"]["net.1.weight"].shape == (50, 784)
     if flag == "--add":
@@ -134,12 +146,15 @@ def restore_torch_settings():
     torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize("flag", sorted(readme_flags() - CUDA_ONLY))
+@pytest.mark.parametrize("flag", sorted(readme_flags() - CUDA_ONLY - SLURM))
 def test_each_documented_flag_runs_to_success(cli, tmp_path, data, flag, monkeypatch, restore_torch_settings):
     argv = flag_runs(tmp_path, data)[flag]
     out = tmp_path / "out"
     if flag in ("--resume", "--force"):
         assert cli("1", "--epochs", 1, "--data-dir", data, "--out", out, "--quiet")[0] == 0
+    if flag == "--retry-failed":  # a run recorded as failed for good: without the flag the table lacks it (exit 1)
+        assert cli("1", "--epochs", 1, "--seeds", 0, "--data-dir", data, "--out", out, "--quiet")[0] == 0
+        (out / "v1-seed0" / "failed.txt").write_text("the loss diverged\n")
     if flag == "--resume":
         argv = [out if word is None else word for word in argv]
     else:
