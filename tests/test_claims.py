@@ -135,17 +135,6 @@ def test_ctrl_c_releases_the_claim_at_once_and_a_copy_left_with_live_claims_exit
     assert claims.read_claim(out / "v1-seed0") is None
 
 
-def test_a_stale_claim_on_a_finished_run_is_ignored(tmp_path, data):
-    out, probe = tmp_path / "t", tmp_path / "probe"
-    probe.mkdir()
-    assert finish(start_copy(*table(data, out), probe=probe))[0] == 0
-    (out / "v1-seed1" / CLAIM).write_text(json.dumps({"token": "gone", "host": "elsewhere", "pid": 1, "beat": 7}))
-    started = time.monotonic()
-    code, stdout, err = finish(start_copy(*table(data, out, "--lease", 600), probe=probe))
-    assert code == 0 and "Version 1, seed 1: finished (2 epochs)" in stdout, err
-    assert time.monotonic() - started < 60  # not a lease
-
-
 def snapshot(folder: Path) -> dict:
     return {str(path): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
 
@@ -181,10 +170,16 @@ def test_a_run_failed_for_good_is_not_retried_and_fail_fast_stops_every_copy_sta
     assert code == 1 and "Version 1 (lr=1000.0), seed 0 failed" in stdout
 
 
-def test_force_is_refused_while_a_claim_beats(tmp_path, data):
+def test_a_stale_claim_on_a_finished_run_is_ignored_and_force_is_refused_while_a_claim_beats(tmp_path, data):
     out, probe = tmp_path / "t", tmp_path / "probe"
     probe.mkdir()
     assert finish(start_copy(*table(data, out), probe=probe))[0] == 0
+    (out / "v1-seed1" / CLAIM).write_text(json.dumps({"token": "gone", "host": "elsewhere", "pid": 1, "beat": 7}))
+    started = time.monotonic()
+    code, stdout, err = finish(start_copy(*table(data, out, "--lease", 600), probe=probe))
+    assert code == 0 and "Version 1, seed 1: finished (2 epochs)" in stdout, err
+    assert time.monotonic() - started < 60  # not a lease
+    (out / "v1-seed1" / CLAIM).unlink()
     owner = claims.Watcher(lease=1).take(out / "v1-seed2")
     try:
         before = snapshot(out)
