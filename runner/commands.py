@@ -130,6 +130,10 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         args.compile = None
         if distributed.is_writer():
             print(NO_COMPILER, file=sys.stderr)
+    if args.slurm:
+        from runner import slurm
+
+        slurm.check_cluster(args.slurm_executor)
     seeds = args.seeds or [args.seed or 0]
     # --seeds, sweeps and ablations write a results folder, even of one run
     several = len(args.versions) > 1 or len(args.arms) > 1 or args.seeds is not None or args.ablate
@@ -150,8 +154,6 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
     progress.created = None if args.out else results_dir
     distributed.on_first("checking the results folder", lambda: results.prepare_results_folder(results_dir))
     if args.slurm:
-        from runner import slurm
-
         jobs = slurm.submit(args, argv, results_dir, len(runs))
         print(f"Submitted {len(jobs)} array task(s) (job {', '.join(dict.fromkeys(job.split('_')[0] for job in jobs))})"
               f", each taking runs of {results_dir} until none is left; their logs: {results_dir / SLURM_LOGS}.\n"

@@ -63,6 +63,13 @@ def task_argv(argv: list, results_dir: Path, gpus: int) -> list:
     return words
 
 
+def check_cluster(executor: str | None) -> None:
+    """Before anything is made: Slurm's commands must be here, unless the array runs on submitit's local executor."""
+    if (executor or "slurm") == "slurm" and submitit.SlurmExecutor.affinity() <= 0:
+        raise RunnerError("--slurm: no Slurm here (no srun on the PATH): submit from the cluster's login node, or "
+                          "try the array on this machine with --slurm-executor local")
+
+
 def submit(args, argv: list, results_dir: Path, runs: int) -> list:
     """Submit the array (one task per run unless --slurm-tasks says otherwise); returns the job ids. With
     --retry-failed, the folder's failed runs are cleared here, once, before any task starts."""
@@ -72,11 +79,7 @@ def submit(args, argv: list, results_dir: Path, runs: int) -> list:
         for entry in results_dir.iterdir():
             if entry.is_dir() and RunFolder(entry).is_ours():
                 (entry / FAILED).unlink(missing_ok=True)
-    try:
-        executor = submitit.AutoExecutor(folder=results_dir / SLURM_LOGS / "%j", cluster=args.slurm_executor or "slurm")
-    except RuntimeError as error:
-        raise RunnerError(f"--slurm: no Slurm here ({error}): submit from the cluster's login node, or try the array "
-                          "on this machine with --slurm-executor local") from None
+    executor = submitit.AutoExecutor(folder=results_dir / SLURM_LOGS / "%j", cluster=args.slurm_executor or "slurm")
     gpus = args.slurm_gpus or 0
     executor.update_parameters(name=f"main.py-{results_dir.name}", timeout_min=args.slurm_time or 60,
                                gpus_per_node=gpus, tasks_per_node=1, cpus_per_task=args.slurm_cpus or 1,

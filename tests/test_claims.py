@@ -222,3 +222,13 @@ def test_a_slurm_array_on_the_local_executor_shares_the_runs_and_a_requeued_task
     status = subprocess.run([sys.executable, str(ROOT / "main.py"), "status", out], capture_output=True, text=True)
     assert "3 runs: 3 finished, 0 running, 0 failed, 0 waiting" in status.stdout
     assert f"Slurm tasks' logs: {out / '.slurm'}" in status.stdout
+
+
+def test_slurm_without_slurm_is_one_line_and_makes_nothing(cli, tmp_path, data, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no srun on it
+    code, _, err = cli(*table(data, tmp_path / "t"), "--slurm")
+    assert code == 1 and err.strip().splitlines() == [err.strip()] and "no Slurm here" in err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "runs").exists()
+    code, _, err = cli("1", "--data-dir", data, "--slurm")
+    assert code == 2 and "--slurm submits several runs" in err
