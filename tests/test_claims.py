@@ -139,41 +139,41 @@ def snapshot(folder: Path) -> dict:
     return {str(path): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
 
 
-def test_a_conflicting_copy_is_refused_unchanged_and_a_grown_grid_adds_its_arms(tmp_path, data):
+def test_a_conflicting_copy_is_refused_unchanged_and_a_grown_grid_adds_its_arms(cli, tmp_path, data):
     out, probe = tmp_path / "t", tmp_path / "probe"
     probe.mkdir()
-    sweep = ["1", "--epochs", 1, "--batch-size", 50, "--data-dir", data, "--out", out]
-    assert finish(start_copy(*sweep, "--set", "lr=0.05,0.1", probe=probe))[0] == 0
+    sweep = ["1", "--epochs", 1, "--batch-size", 50, "--data-dir", data, "--out", out, "--quiet"]
+    assert cli(*sweep, "--set", "lr=0.05,0.1")[0] == 0
     before = snapshot(out)
     code, _, err = finish(start_copy(*sweep, "--set", "lr=0.05,0.1", "--deterministic", probe=probe))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "was trained with deterministic=False" in err
     assert snapshot(out) == before
-    code, stdout, err = finish(start_copy(*sweep, "--set", "lr=0.05,0.1,0.2", probe=probe))
+    code, stdout, err = cli(*sweep, "--set", "lr=0.05,0.1,0.2")
     assert code == 0, err
-    assert epochs_trained(probe) == {("v1-lr=0.05", "1"): 1, ("v1-lr=0.1", "1"): 1, ("v1-lr=0.2", "1"): 1}
+    assert stdout.count("Training...") == 1 and "Version 1 (lr=0.2), seed 0: MNIST, MLP (new)" in stdout
 
 
-def test_a_run_failed_for_good_is_not_retried_and_fail_fast_stops_every_copy_started_with_it(tmp_path, data):
+def test_a_run_failed_for_good_is_not_retried_and_fail_fast_stops_every_copy_started_with_it(cli, tmp_path, data):
     out, probe = tmp_path / "t", tmp_path / "probe"
     probe.mkdir()
     sweep = ["1", "--epochs", 1, "--batch-size", 50, "--data-dir", data, "--out", out, "--set", "lr=1e3,0.05,0.1"]
-    code, _, err = finish(start_copy(*sweep, "--fail-fast", probe=probe))
+    code, _, err = cli(*sweep, "--fail-fast", "--quiet")
     assert code == 1 and "uniform guess" in err
     assert (out / "v1-lr=1000.0" / "failed.txt").exists() and (out / ".fail-fast").exists()
     code, _, err = finish(start_copy(*sweep, "--fail-fast", probe=probe))
     assert code == 1 and "every copy stops" in err and len(err.strip().splitlines()) == 1
-    assert set(epochs_trained(probe)) == set()  # the diverged epoch never finished; nothing else was trained
+    assert set(epochs_trained(probe)) == set()  # nothing was trained
     code, stdout, err = finish(start_copy(*sweep, probe=probe))
     assert code == 1 and "failed earlier" in stdout and "lack runs" in err
-    assert set(epochs_trained(probe)) == {("v1-lr=0.05", "1"), ("v1-lr=0.1", "1")}
-    code, stdout, _ = finish(start_copy(*sweep, "--retry-failed", probe=probe))
+    assert set(epochs_trained(probe)) == {("v1-lr=0.05", "1"), ("v1-lr=0.1", "1")}  # the failed one not again
+    code, stdout, _ = cli(*sweep, "--retry-failed", "--quiet")
     assert code == 1 and "Version 1 (lr=1000.0), seed 0 failed" in stdout
 
 
-def test_a_stale_claim_on_a_finished_run_is_ignored_and_force_is_refused_while_a_claim_beats(tmp_path, data):
+def test_a_stale_claim_on_a_finished_run_is_ignored_and_force_is_refused_while_a_claim_beats(cli, tmp_path, data):
     out, probe = tmp_path / "t", tmp_path / "probe"
     probe.mkdir()
-    assert finish(start_copy(*table(data, out), probe=probe))[0] == 0
+    assert cli(*table(data, out), "--quiet")[0] == 0
     (out / "v1-seed1" / CLAIM).write_text(json.dumps({"token": "gone", "host": "elsewhere", "pid": 1, "beat": 7}))
     started = time.monotonic()
     code, stdout, err = finish(start_copy(*table(data, out, "--lease", 600), probe=probe))
@@ -208,8 +208,7 @@ def test_a_slurm_array_on_the_local_executor_shares_the_runs_and_a_requeued_task
     record = wait_for(lambda: claims.read_claim(out / "v1-seed0"), what="a task's claim")
     os.kill(record["pid"], signal.SIGUSR2)  # what Slurm sends before preempting or timing out a task
     try:
-        wait_for(lambda: all(RunFolder(out / f"v1-seed{seed}").epochs_done() == 2 for seed in range(3)), 180,
-                 "the table")
+        wait_for(lambda: sum(epochs_trained(probe).values()) >= 6, 180, "every epoch")
         wait_for(lambda: (out / "results.md").exists() and "| 1 | mnist |" in (out / "results.md").read_text(), 60,
                  "the results")
     finally:
