@@ -195,10 +195,11 @@ def test_a_slurm_array_on_the_local_executor_shares_the_runs_and_a_requeued_task
     pytest.importorskip("submitit")
     out, probe = tmp_path / "t", tmp_path / "probe"
     probe.mkdir()
-    site = tmp_path / "site"  # every process of the array puts the epochs probe in place as Python starts
+    site = tmp_path / "site"  # every task of the array puts the epochs probe in place as Python starts
     site.mkdir()
-    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-                                           "import patches\npatches.apply('epochs')\n")
+    (site / "sitecustomize.py").write_text(f"import os, sys\nif 'SUBMITIT_LOCAL_GLOBALID' in os.environ:\n"
+                                           f"    sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+                                           "    import patches\n    patches.apply('epochs')\n")
     environment = dict(os.environ, PROBE_DIR=str(probe), STEP_DELAY="0.3", PYTHONPATH=str(site))
     with open(tmp_path / "submit.out", "w") as said:  # a file, not a pipe: the tasks' processes inherit it
         submitted = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, table(data, out)), "--quiet",

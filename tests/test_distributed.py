@@ -108,7 +108,8 @@ def test_a_killed_worker_is_restarted_and_the_run_has_every_epoch_once(tmp_path)
 
 
 def test_restarts_need_an_out_folder(tmp_path):
-    result = torchrun("1", "--epochs", 1, "--data-dir", make_mnist(tmp_path / "data"), restarts=1, timeout=120)
+    result = torchrun("1", "--epochs", 1, "--data-dir", make_mnist(tmp_path / "data"), restarts=1, timeout=120,
+                      processes=1)
     assert result.returncode != 0 and result.stderr.count("give --out") == 2  # the first try and the restart
 
 
