@@ -11,14 +11,7 @@ from runner import distributed
 from runner import overrides
 from configs import VERSIONS
 from runner.console import EXIT_CODES, STOP, Stopped
-from runner.errors import RunnerError
-
-
-class OthersTraining(RunnerError):
-    """This copy of a table's command has nothing left to train, while other copies still train runs."""
-
-    exit_code = 3
-    permanent = False
+from runner.errors import OthersTraining, RunnerError
 from runner.records import CHECKPOINT, SLURM_LOGS, RunFolder, leave_failure_marker
 from runner.settings import (Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, flag_given,
                              flag_words, given)

@@ -30,3 +30,11 @@ class ProcessesLost(RunnerError):
     """Processes of a run stopped hearing from each other; a restart may well succeed."""
 
     permanent = False
+
+
+class OthersTraining(RunnerError):
+    """A copy of a table's command has nothing left to train while other copies still train runs (exit 3): not a
+    failure, so it is told without "error:"."""
+
+    exit_code = 3
+    permanent = False
