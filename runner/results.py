@@ -170,7 +170,9 @@ def run_table(results_dir: Path, planned: list, train, after_each_run=None, fail
                 continue
             if fail_fast:
                 check_fail_fast(mark)
-            ended = ended_before(run, folder)  # a finished run needs no claim, and a stale one on it is ignored
+            # a finished run needs no claim (a stale one on it is ignored); metrics.csv tells it without loading
+            # the checkpoint of every run other processes are training, on every pass
+            ended = ended_before(run, folder) if has_ended(run, folder) else None
             if not ended:
                 claim = watcher.take(folder.path)
                 if claim is None:
