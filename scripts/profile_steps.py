@@ -2,11 +2,19 @@
 convolutions, BatchNorm and GELU (forward and backward, by operator), the optimizer step, the lookahead, the data
 gather, and the rest; in fp32 and in bfloat16 autocast. Synthetic images of the version's shape.
 
+Then the arithmetic: the network's floating-point operations per image (torch's FLOP counter), the rate the
+profiled steps reached on them, this machine's rate on one large matrix product (near what its vector units can
+do at all), and the time a whole run's arithmetic takes at the better of the two rates: a floor that faster
+feeding, fusion or compilation cannot go below, only less arithmetic or narrower numbers.
+
     python scripts/profile_steps.py --version 13 --steps 8 --threads 2
 """
 import argparse
 import itertools
+import statistics
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench import synthetic_split  # noqa: E402
 from configs import VERSIONS  # noqa: E402
@@ -25,6 +34,18 @@ from train import autocast, on_device, to_model_input, train_step, tta_output, u
 
 OPERATORS = {"convolutions": ("convolution",), "BatchNorm": ("batch_norm",), "GELU": ("gelu",)}
 REGIONS = ("data gather", "lookahead", "Optimizer.step")  # record_function labels (the optimizer's is torch's own)
+TEST_IMAGES = 10_000  # the test split of MNIST, Fashion-MNIST and CIFAR-10 alike
+
+
+@dataclass
+class Profile:
+    train: dict  # milliseconds per training step, by category
+    train_total: float
+    test: dict  # milliseconds per test batch (no test-time augmentation), by category
+    test_total: float
+    train_gflop: float  # per image: a training step's forward and backward
+    test_gflop: float  # per image: a per-epoch test pass
+    final_gflop: float  # per image: the final test pass, with the recipe's test-time augmentation
 
 
 def category_times(events, regions: tuple) -> dict:
@@ -40,8 +61,11 @@ def category_times(events, regions: tuple) -> dict:
     return times
 
 
-def profile_version(version: int, steps: int, amp: bool) -> tuple[dict, float, dict, float]:
-    """(train categories per step, train milliseconds per step, test categories per batch, test ms per batch)."""
+def gflop(counter: FlopCounterMode, images: int) -> float:
+    return counter.get_total_flops() / images / 1e9
+
+
+def profile_version(version: int, steps: int, amp: bool) -> Profile:
     row = VERSIONS[version]
     channels = DATASETS[row.dataset].channels
     split = synthetic_split(channels, DATASETS[row.dataset].size)
@@ -68,8 +92,9 @@ def profile_version(version: int, steps: int, amp: bool) -> tuple[dict, float, d
         with record_function("lookahead"):
             state.end_step()
 
-    for _ in range(2):  # warm-up
+    with FlopCounterMode(display=False) as counted:  # the first warm-up step
         step()
+    step()
     with profile(activities=[ProfilerActivity.CPU]) as trained:
         with record_function("all"):
             for _ in range(steps):
@@ -77,7 +102,10 @@ def profile_version(version: int, steps: int, amp: bool) -> tuple[dict, float, d
     test_batch = next(batches)[0][:row.recipe.batch_size]
     model.eval()
     with torch.no_grad(), autocast(device, amp):
-        tta_output(model, test_batch, "none")
+        with FlopCounterMode(display=False) as tested_once:
+            tta_output(model, test_batch, "none")
+        with FlopCounterMode(display=False) as final:
+            tta_output(model, test_batch, row.recipe.tta)
         with profile(activities=[ProfilerActivity.CPU]) as tested:
             with record_function("all"):
                 for _ in range(steps):
@@ -87,7 +115,38 @@ def profile_version(version: int, steps: int, amp: bool) -> tuple[dict, float, d
     test_total = next(event for event in test_events if event.key == "all").cpu_time_total / 1000
     per_step = {name: value / steps for name, value in category_times(train_events, REGIONS).items()}
     per_batch = {name: value / steps for name, value in category_times(test_events, ()).items()}
-    return per_step, train_total / steps, per_batch, test_total / steps
+    return Profile(per_step, train_total / steps, per_batch, test_total / steps, gflop(counted, row.recipe.batch_size),
+                   gflop(tested_once, len(test_batch)), gflop(final, len(test_batch)))
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
+    left, right = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    left @ right
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        left @ right
+        seconds.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(seconds) / 1e9
+
+
+def print_arithmetic(version: int, results: dict) -> None:
+    recipe = VERSIONS[version].recipe
+    dataset = DATASETS[VERSIONS[version].dataset]
+    trained = len(BatchPlan(sum(dataset.class_sizes), recipe.batch_size, recipe.drop_last)) * recipe.batch_size
+    first = next(iter(results.values()))
+    run_gflop = (recipe.epochs * (trained * first.train_gflop + TEST_IMAGES * first.test_gflop)
+                 + TEST_IMAGES * first.final_gflop)
+    print(f"\nGFLOP per image: training step {first.train_gflop:.3f}, test pass {first.test_gflop:.3f}, final test "
+          f"pass {first.final_gflop:.3f}; a whole run ({recipe.epochs} epochs of {trained:,} images, a test pass each, "
+          f"the final one) {run_gflop / 1e3:,.0f} TFLOP\n")
+    print("| numerics | convolutions in training steps, GFLOP/s | one 4096x4096 matrix product, GFLOP/s "
+          "| a whole run's arithmetic at the better rate, s |")
+    print("|---|---|---|---|")
+    for numerics, result in results.items():
+        rate = result.train_gflop * recipe.batch_size / (result.train["convolutions"] / 1000)
+        peak = matmul_gflops(torch.bfloat16 if numerics == "bf16" else torch.float32)
+        print(f"| {numerics} | {rate:.0f} | {peak:.0f} | {run_gflop / max(rate, peak):,.0f} |")
 
 
 def main() -> None:
@@ -103,18 +162,20 @@ def main() -> None:
     print(f"| version {args.version}, batch {batch}, ms | " + " | ".join(
         f"train step {numerics} | test batch {numerics}" for numerics in results) + " |")
     print("|---|" + "---|---|" * len(results))
-    names = list(results["fp32"][0])
+    names = list(results["fp32"].train)
     for name in names + ["other", "total"]:
         cells = []
-        for per_step, step_total, per_batch, batch_total in results.values():
+        for result in results.values():
             if name == "total":
-                cells += [f"{step_total:.0f}", f"{batch_total:.0f}"]
+                cells += [f"{result.train_total:.0f}", f"{result.test_total:.0f}"]
             elif name == "other":
-                cells += [f"{step_total - sum(per_step.values()):.0f}", f"{batch_total - sum(per_batch.values()):.0f}"]
+                cells += [f"{result.train_total - sum(result.train.values()):.0f}",
+                          f"{result.test_total - sum(result.test.values()):.0f}"]
             else:
-                cells += [f"{per_step[name]:.0f}", f"{per_batch[name]:.0f}" if name in per_batch else "-"]
+                cells += [f"{result.train[name]:.0f}", f"{result.test[name]:.0f}" if name in result.test else "-"]
         label = "optimizer step" if name == "Optimizer.step" else name
         print(f"| {label} | " + " | ".join(cells) + " |")
+    print_arithmetic(args.version, results)
 
 
 if __name__ == "__main__":
