@@ -20,7 +20,7 @@ import torch
 
 from configs import VERSIONS
 from data import DataSource, Split, classic_dataset, load_split
-from runner.devices import resolve_device
+from runner.devices import prepare_torch, resolve_device
 from runner.errors import RunnerError
 from runner.loaders import BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_transform
 from main import version_list
@@ -133,9 +133,7 @@ def main(argv: list | None = None) -> int:
         device = resolve_device(args.device)
     except ValueError as error:
         parser.error(str(error))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = True
+    prepare_torch(args.threads, deterministic=False)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps after {args.warmup} warm-up, median of {args.repeats}"
           f"{', synthetic data' if args.synthetic else ''}{', amp' if args.amp else ''}", flush=True)

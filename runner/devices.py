@@ -1,5 +1,6 @@
 """The training device: which one, what it supports, its random state, how data gets to it, and the seeds every
 random stream of a run takes."""
+import ctypes
 import os
 import random
 import shutil
@@ -83,7 +84,30 @@ def seed_process(seed: int, rank: int) -> None:
     torch.manual_seed(own)
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+
+
+def runs_on_glibc() -> bool:
+    try:
+        return "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")
+    except (ValueError, OSError, AttributeError):  # another C library, or no confstr at all (Windows)
+        return False
+
+
+def keep_freed_memory() -> None:
+    """Have glibc serve every allocation from the process's heap and keep what is freed there. By default it maps each
+    block over 32 MB fresh from the kernel and unmaps it when freed, so each training step of a large batch faults
+    its activations in again page by page: a quarter of a version-13 step went to the kernel on a 2-core CPU.
+    Numbers are untouched; the process keeps its largest step's memory. Nothing changes without glibc (macOS,
+    Windows, musl)."""
+    if runs_on_glibc():
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 def prepare_torch(threads: int | None, deterministic: bool) -> None:
+    keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     if deterministic:

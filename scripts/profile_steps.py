@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from bench import synthetic_split  # noqa: E402
 from configs import VERSIONS  # noqa: E402
 from models import build_model, fit_input_layers  # noqa: E402
+from runner.devices import prepare_torch  # noqa: E402
 from runner.loaders import BatchPlan, ResidentLoader, augmentation_of  # noqa: E402
 from runner.settings import DATASETS  # noqa: E402
 from runner.state import TrainingState  # noqa: E402
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    prepare_torch(args.threads, deterministic=False)
     results = {numerics: profile_version(args.version, args.steps, numerics == "bf16")
                for numerics in ("fp32", "bf16")}
     batch = VERSIONS[args.version].recipe.batch_size

@@ -1,14 +1,18 @@
 """Numerics that follow the device: bfloat16 autocast by default for the versions measured to gain from it, where
 the device computes in bfloat16; --amp and --no-amp as given; the resolved choice recorded and compared as part
 of a run's identity. Compilation fixed for a run's life, uncompiled with one line where no C++ compiler is. Tests
-in batches of at least a thousand images, in the run's numerics, timed."""
+in batches of at least a thousand images, in the run's numerics, timed. Freed memory kept in the process, so that a
+step's large blocks are not faulted in from the kernel again."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import configs
-from conftest import make_image_folder, read_metrics, watch_output_dtypes
+from conftest import ROOT, make_image_folder, read_metrics, watch_output_dtypes
 from runner import devices, loaders
 
 
@@ -102,3 +106,49 @@ def test_tests_take_batches_of_at_least_a_thousand_images_and_are_timed(cli, tmp
     assert loaders.eval_batch_size(configs.VERSIONS[12].recipe) == 1024
     assert loaders.eval_batch_size(configs.replace(configs.VERSIONS[12].recipe, batch_size=2000)) == 2000
     assert float(read_metrics(tmp_path / "run")[0]["test_seconds"]) > 0
+
+
+FAULTS_ON_REUSE = """
+import resource
+import torch
+from runner.devices import prepare_torch
+
+def step():  # three 64 MB blocks made and freed, as a training step's activations are
+    first = torch.ones(1 << 24)
+    second = first * 2
+    (first + second).sum()
+
+def faults_per_step():
+    for _ in range(3):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3
+
+plain = faults_per_step()
+prepare_torch(None, False)
+print(plain, faults_per_step())
+"""
+
+
+@pytest.mark.skipif(not devices.runs_on_glibc(), reason="glibc's allocator only")
+def test_a_run_reuses_freed_memory_without_faulting_it_in_again():
+    pages = (1 << 26) // os.sysconf("SC_PAGESIZE")  # of one block
+    done = subprocess.run([sys.executable, "-c", FAULTS_ON_REUSE], capture_output=True, text=True, check=True,
+                          cwd=ROOT)
+    plain, prepared = map(int, done.stdout.split())
+    assert plain > pages  # by default each block is mapped afresh and faulted in page by page, every step
+    assert prepared < pages / 20
+
+
+
+def test_without_glibc_the_c_library_is_left_alone(monkeypatch):
+    def unknown_name(name):
+        raise ValueError("unrecognized configuration name")  # macOS; musl says the same through OSError
+
+    monkeypatch.setattr(devices.ctypes, "CDLL", lambda *args: pytest.fail("the C library was called"))
+    monkeypatch.setattr(devices.os, "confstr", unknown_name)
+    devices.keep_freed_memory()
+    monkeypatch.delattr(devices.os, "confstr")  # Windows has no confstr at all
+    devices.keep_freed_memory()
