@@ -134,7 +134,8 @@ def matmul_gflops(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> flo
 def print_arithmetic(version: int, results: dict) -> None:
     recipe = VERSIONS[version].recipe
     dataset = DATASETS[VERSIONS[version].dataset]
-    trained = len(BatchPlan(sum(dataset.class_sizes), recipe.batch_size, recipe.drop_last)) * recipe.batch_size
+    images = sum(dataset.class_sizes)
+    trained = images - images % recipe.batch_size if recipe.drop_last else images
     first = next(iter(results.values()))
     run_gflop = (recipe.epochs * (trained * first.train_gflop + TEST_IMAGES * first.test_gflop)
                  + TEST_IMAGES * first.final_gflop)
