@@ -142,7 +142,6 @@ def test_a_run_reuses_freed_memory_without_faulting_it_in_again():
     assert prepared < pages / 2
 
 
-
 def test_without_glibc_the_c_library_is_left_alone(monkeypatch):
     def unknown_name(name):
         raise ValueError("unrecognized configuration name")  # macOS; musl says the same through OSError
