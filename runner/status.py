@@ -1,41 +1,26 @@
 """`main.py status RESULTS_DIR`: what the copies of a table's command have done so far, read from the results
 folder alone (run folders, their claims and failures), without torch, so it answers at once."""
 import json
-import os
-import socket
 from pathlib import Path
 
-from runner.claims import owner_text, read_claim
+from runner.claims import owner_gone, owner_text, read_claim
 from runner.errors import RunnerError
 from runner.records import CONFIG, SLURM_LOGS, RunFolder
-
-
-def process_gone(record: dict) -> bool:
-    """A claim whose owner ran on this machine and no longer exists (its claim lapses after the lease)."""
-    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
-        return False
-    try:
-        os.kill(record["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def run_status(folder: RunFolder) -> tuple[str, str]:
     """(state, what a person reads of it): finished, failed, running or waiting."""
     epochs = json.loads((folder / CONFIG).read_text()).get("epochs", 0)
-    done = folder.epochs_recorded()
-    progress = f"{done}/{epochs} epochs"
+    progress = f"{folder.epochs_recorded()}/{epochs} epochs"
     failure = folder.failure()
     if failure:
         return "failed", f"{progress}  {failure}"
-    if done >= epochs:
+    if folder.has_ended(epochs):
         return "finished", progress
     record = read_claim(folder.path)
     if record is not None:
-        gone = "; its process is gone: another copy takes the run over after the lease" if process_gone(record) else ""
+        gone = "; its process is gone: the next copy on this machine takes the run over at once" \
+            if owner_gone(record) else ""
         return "running", f"{progress}  on {owner_text(record)}{gone}"
     return "waiting", progress
 
