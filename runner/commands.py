@@ -3,6 +3,7 @@ or use a saved run. Every failure a user can meet ends as one line on stderr and
 import os
 import shlex
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,8 +208,29 @@ def train_one(run: RunConfig, args, group, progress: Progress) -> None:
     if restarted:
         distributed.on_first("checking the run folder", lambda: results.check_same_run(folder, run))
     else:
-        distributed.on_first("checking the run folder", lambda: folder.prepare(args.force))
-    train.fit(run, folder, restarted, group)
+        distributed.on_first("checking the run folder", lambda: folder.check_free(args.force))
+    with claimed(folder, args):
+        if not restarted:
+            distributed.on_first("preparing the run folder", lambda: folder.prepare(args.force))
+        train.fit(run, folder, restarted, group)
+
+
+@contextmanager
+def claimed(folder: RunFolder, args):
+    """The run folder claimed by the writing process for as long as the run trains (results.claim_run), with its
+    checkpoints guarded by the claim, as a table's copies claim theirs; a live owner refuses every process."""
+    from runner import results
+
+    held = []
+    distributed.on_first("claiming the run", lambda: held.append(results.claim_run(
+        folder.path, args.lease or claims.DEFAULT_LEASE)))
+    folder.guard = held[0].check if held else None
+    try:
+        yield
+    finally:
+        folder.guard = None
+        for claim in held:
+            claim.release()
 
 
 def resume(parser, args, progress: Progress) -> None:
@@ -226,7 +248,8 @@ def resume(parser, args, progress: Progress) -> None:
     progress.marker = distributed.failure_marker(args.resume)
     folder.writer = group.rank == 0
     try:
-        continue_run(run, folder, changes, device, group, args, progress)
+        with claimed(folder, args):
+            continue_run(run, folder, changes, device, group, args, progress)
     except RunnerError as error:
         error.shared = group.data_parallel
         raise

@@ -138,16 +138,21 @@ class RunFolder:
             return False
         return isinstance(saved, dict) and (saved.get("tool") == TOOL or FORMAT_1_KEYS <= saved.keys())
 
+    def is_unstarted(self) -> bool:
+        """A folder holding nothing but this tool's claim and temporary files: a run a copy is setting up right now,
+        or one whose process died before it wrote config.json."""
+        try:
+            return self.path.is_dir() and all(is_ours_hidden(entry.name) for entry in self.path.iterdir())
+        except OSError:
+            return False
+
     def has_checkpoint(self) -> bool:
         return (self / CHECKPOINT).exists()
 
-    def prepare(self, force: bool) -> None:
-        """Make the folder ready for a new run: a new or empty folder, a run of ours that never finished an epoch,
-        or (with force) any run of ours. Anything else is refused, and nothing in it is touched."""
-        if not self.path.exists() or all(is_ours_hidden(entry.name) for entry in self.path.iterdir()):
-            if self.writer:
-                self.path.mkdir(parents=True, exist_ok=True)
-                self.clear()
+    def check_free(self, force: bool) -> None:
+        """Refuse, touching nothing, a folder that cannot take a new run: anything but a new or empty folder, a run
+        of ours that never finished an epoch, or (with force) any run of ours."""
+        if not self.path.exists() or self.is_unstarted():
             return
         if not self.is_ours():
             raise RunnerError(f"{self.path} is not empty and not a run folder: give --out a new or empty folder "
@@ -155,6 +160,12 @@ class RunFolder:
         if self.has_checkpoint() and not force:
             raise RunnerError(f"{self.path} holds a run already: continue it with --resume {self.path}, or add "
                               "--force to start over")
+
+    def prepare(self, force: bool) -> None:
+        """Make the folder ready for a new run (check_free says which may take one)."""
+        self.check_free(force)
+        if self.writer:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.clear()
 
     def clear(self) -> None:
@@ -225,6 +236,11 @@ class RunFolder:
             return max(0, len((self / METRICS).read_text().splitlines()) - 1)
         except FileNotFoundError:
             return 0
+
+    def has_ended(self, epochs: int) -> bool:
+        """Failed for good, or trained for epochs, as cheaply as the folder tells (metrics.csv follows the
+        checkpoint)."""
+        return (self / FAILED).exists() or self.epochs_recorded() >= epochs
 
     def record_failure(self, message: str) -> None:
         if self.writer:

@@ -3,6 +3,7 @@
 resumes unfinished ones; each run's row comes from its checkpoint's metrics, cut to the epochs the table asks for."""
 import statistics
 import time
+from datetime import datetime
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from runner.distributed import say
 from runner.errors import CheckpointError, RunnerError
 from runner.overrides import arm_words
 from runner.files import atomic_write, write_text
-from runner.records import CLAIM, CONFIG, FAILED, RunFolder
+from runner.records import CHECKPOINT, CONFIG, FAILED, RunFolder
 from runner.settings import DATASETS, RunConfig, differences
 
 RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
@@ -54,7 +55,7 @@ def prepare_results_folder(path: Path) -> None:
     if path.exists():
         foreign = [entry.name for entry in path.iterdir() if not (
             entry.name in RESULT_FILES or entry.name.startswith(".")
-            or (entry.is_dir() and (RunFolder(entry).is_ours() or not any(entry.iterdir()))))]
+            or (entry.is_dir() and (RunFolder(entry).is_ours() or RunFolder(entry).is_unstarted())))]
         if foreign:
             raise RunnerError(f"{path} is not a results folder (it holds {foreign[0]}, which no run of this tool "
                               "wrote): give --out a new or empty folder (nothing in it was changed)")
@@ -120,29 +121,79 @@ def place_runs(results_dir: Path, runs: list, seeds_given: bool, force: bool = F
         if not (folder / CONFIG).exists():
             folder.path.mkdir(exist_ok=True)
             folder.write_config(run)
-        if retry_failed:
+        if retry_failed and folder.failure() is not None:
+            if folder.has_checkpoint() and damaged(folder):
+                (folder / CHECKPOINT).unlink()  # the retry trains it from its start
             (folder / FAILED).unlink(missing_ok=True)
+    if retry_failed:
+        (results_dir / FAIL_FAST).unlink(missing_ok=True)  # the failure it marks is being retried
     return [str(folder.path) for folder in folders]
 
 
+def damaged(folder: RunFolder) -> bool:
+    try:
+        folder.load_checkpoint()
+    except CheckpointError:
+        return True
+    return False
+
+
 def start_over(folders: list, lease: float) -> None:
-    """--force: clear every planned run folder, once none is claimed by a live process (watched for a lease)."""
+    """--force: clear every planned run folder while this process holds each one's claim, so that no copy trains
+    one meanwhile. A live claim is waited for up to its lease (the longest of those met); one whose owner died is
+    taken over, as any copy would."""
+    watcher, held, pending = claims.Watcher(lease), [], list(folders)
+    deadline = None
+    try:
+        while True:
+            for folder in list(pending):
+                claim = watcher.take(folder.path)
+                if claim:
+                    held.append(claim)
+                    pending.remove(folder)
+            live = watcher.live([folder.path for folder in pending])
+            if not pending:
+                break
+            if live:
+                longest = max(claims.lease_of(record) for _, record in live)
+                if deadline is None:
+                    say(f"--force: {len(live)} run(s) are claimed; watching their heartbeats for up to {longest:g} s")
+                    deadline = time.monotonic() + longest + 2 * claims.poll_interval(longest)
+                if time.monotonic() > deadline:
+                    path, record = live[0]
+                    raise RunnerError(f"--force: {path} is being trained by {claims.owner_text(record)}: stop that "
+                                      "copy first, or run without --force (nothing was changed)")
+            STOP.check()
+            time.sleep(claims.poll_interval(lease))
+        for folder in folders:
+            folder.clear()
+    finally:
+        for claim in held:
+            claim.release()
+
+
+def claim_run(folder: Path, lease: float) -> claims.Claim:
+    """This process's claim on a run it trains outside a table (one version, or --resume): at once when the run is
+    free or its owner certainly gone; after the owner's lease when its heartbeat stands still meanwhile; a beating
+    owner refuses the command, naming it."""
     watcher = claims.Watcher(lease)
-    claimed = [folder.path for folder in folders if claims.read_claim(folder.path) is not None]
-    if claimed:
-        say(f"--force: {len(claimed)} run(s) are claimed; watching their heartbeats for up to {lease:g} s")
-    deadline = time.monotonic() + lease
-    while claimed and watcher.live(claimed):
-        if time.monotonic() > deadline:
-            path, record = watcher.live(claimed)[0]
-            raise RunnerError(f"--force: {path} is being trained by {claims.owner_text(record)}: stop that copy "
-                              "first, or run without --force (nothing was changed)")
+    claim, first = watcher.take(folder), None
+    while claim is None:
+        record = claims.read_claim(folder)
+        if record is not None:
+            key = (record.get("token"), record.get("beat"))
+            if first is not None and key != first or claims.owner_alive(record):
+                raise RunnerError(f"{folder} is being trained by {claims.owner_text(record)}: let that copy finish "
+                                  f"(see: python main.py status {folder.parent}), or stop it first")
+            if first is None:
+                first = key
+                until = datetime.fromtimestamp(watcher.stale_at(folder, record))
+                say(f"{folder} is claimed by {claims.owner_text(record)}; waiting for its heartbeat: it is taken over "
+                    f"at {until:%H:%M:%S} if it stands still until then")
         STOP.check()
-        time.sleep(claims.poll_interval(lease))
-    for folder in folders:
-        for entry in folder.path.glob(CLAIM + "*") if folder.path.is_dir() else []:
-            entry.unlink(missing_ok=True)
-        folder.clear()
+        time.sleep(claims.poll_interval(claims.lease_of(record or {})))
+        claim = watcher.take(folder)
+    return claim
 
 
 class TableStopped(RunnerError):
@@ -160,9 +211,7 @@ def run_table(results_dir: Path, planned: list, train, after_each_run=None, fail
     other processes' claims are watched for a lease and taken over when their owner died. Returns the claims still
     live then (folder, record): the runs other processes are training."""
     watcher, settled = claims.Watcher(lease), set()
-    mark = results_dir / FAIL_FAST
-    if not fail_fast:
-        mark.unlink(missing_ok=True)
+    mark = results_dir / FAIL_FAST  # only --retry-failed removes it (place_runs): a copy without --fail-fast ignores it
     while True:
         trained = False
         for run, folder in planned:
@@ -172,7 +221,7 @@ def run_table(results_dir: Path, planned: list, train, after_each_run=None, fail
                 check_fail_fast(mark)
             # a finished run needs no claim (a stale one on it is ignored); metrics.csv tells it without loading
             # the checkpoint of every run other processes are training, on every pass
-            ended = ended_before(run, folder) if has_ended(run, folder) else None
+            ended = ended_before(run, folder) if folder.has_ended(run.recipe.epochs) else None
             if not ended:
                 claim = watcher.take(folder.path)
                 if claim is None:
@@ -201,9 +250,15 @@ def run_table(results_dir: Path, planned: list, train, after_each_run=None, fail
 
 
 def watch(watcher: claims.Watcher, folders: list, lease: float) -> list:
-    """Watch the claims on folders for a lease, or until one is released or lapses; the live ones then."""
-    deadline = time.monotonic() + lease
+    """Watch the claims on folders, saying what for, until one is released or lapses, or for the longest lease among
+    them; the live ones then."""
     live = watcher.live(folders)
+    if len(live) == len(folders):
+        folder, record = live[0]
+        until = datetime.fromtimestamp(max(watcher.stale_at(path, claim) for path, claim in live))
+        say(f"Waiting for {len(live)} run(s) other copies train (first: {folder}, by {claims.owner_text(record)}); "
+            f"a run whose owner's heartbeat stands still until {until:%H:%M:%S} is taken over then")
+    deadline = time.monotonic() + max([lease, *(claims.lease_of(record) for _, record in live)])
     while len(live) == len(folders) and time.monotonic() < deadline:
         STOP.check()
         time.sleep(claims.poll_interval(lease))
@@ -212,11 +267,17 @@ def watch(watcher: claims.Watcher, folders: list, lease: float) -> list:
 
 
 def ended_before(run: RunConfig, folder: RunFolder) -> str | None:
-    """Why a run needs no training (it failed for good, or has its epochs), or None."""
+    """Why a run needs no training (it failed for good, or has its epochs), or None. A checkpoint that cannot be
+    loaded fails that run alone, recorded with the way to train it again."""
     failure = folder.failure()
     if failure:
         return f"failed earlier ({failure}; --retry-failed tries it again)"
-    done = folder.epochs_done()
+    try:
+        done = folder.epochs_done()
+    except CheckpointError:
+        folder.record_failure(f"its {CHECKPOINT} is damaged or not this tool's, so the run cannot go on from it; "
+                              "--retry-failed trains this run again from its start, the table's other runs kept")
+        return f"failed: {folder.failure()}"
     return f"finished ({done} epochs) in {folder.path}" if done >= run.recipe.epochs else None
 
 
@@ -267,15 +328,10 @@ def publish(results_dir: Path, planned: list, baseline: RunConfig | None = None)
     """write_results, written again while runs ended meanwhile (other processes finish runs at any time), so that
     the last writer never leaves a finished run out."""
     while True:
-        before = [has_ended(run, folder) for run, folder in planned]
+        before = [folder.has_ended(run.recipe.epochs) for run, folder in planned]
         rows = write_results(results_dir, planned, baseline)
-        if [has_ended(run, folder) for run, folder in planned] == before:
+        if [folder.has_ended(run.recipe.epochs) for run, folder in planned] == before:
             return rows
-
-
-def has_ended(run: RunConfig, folder: RunFolder) -> bool:
-    """Finished or failed for good, as cheaply as the run folder tells (metrics.csv follows the checkpoint)."""
-    return (folder / FAILED).exists() or folder.epochs_recorded() >= run.recipe.epochs
 
 
 def report(results_dir: Path, planned: list, whole_split_command=None, baseline: RunConfig | None = None) -> list:
