@@ -11,7 +11,7 @@ from runner import claims
 from runner.console import STOP
 from runner.distributed import say
 from runner.errors import CheckpointError, RunnerError
-from runner.overrides import arm_words
+from runner.overrides import apply, arm_words
 from runner.files import atomic_write, write_text
 from runner.records import CLAIM, CONFIG, FAILED, RunFolder
 from runner.settings import DATASETS, RunConfig, differences
@@ -288,8 +288,9 @@ def report(results_dir: Path, planned: list, whole_split_command=None, baseline:
     scored = [row for row in rows if row["acc"] is not None]
     if whole_split_command and scored:
         best = max(scored, key=lambda row: row["acc"])
-        print(f"\nBest on the held-out images: {best['label']} ({best['acc']:.4f}). To train it on the whole "
-              f"training split and test it:\n  {whole_split_command(best)}")
+        print(f"\nBest on the held-out images: {best['label']} ({best['acc']:.4f}). Picked from these runs, its "
+              f"lead needs a confirming run: train it on the whole training split and test it:\n"
+              f"  {whole_split_command(best)}")
     missing = [row for row in rows if row["status"] != "ok"]
     if missing:
         raise RunnerError(f"{len(missing)} of {len(rows)} rows of {results_dir / 'results.csv'} lack runs: "
@@ -383,20 +384,31 @@ def write_results(results_dir: Path, planned: list, baseline: RunConfig | None =
     return rows
 
 
+def sweep_baselines(rows: list) -> dict:
+    """In a sweep (rows with --set arms, not an ablation), each version's baseline row, fixed before any result:
+    the arm that holds the version's own recipe where the grid has it, else the grid's first arm (rows are in the
+    grid's order). Comparing with the best arm instead, picked from the same runs, would claim differences between
+    equal arms more often than 5%. Empty for other tables."""
+    if any(row["baseline"] for row in rows) or not any(row["arm"] for row in rows):
+        return {}
+    baselines = {}
+    for version in dict.fromkeys(row["version"] for row in rows):
+        arms, recipe = [row for row in rows if row["version"] == version], VERSIONS[version].recipe
+        baselines[version] = next((row for row in arms if apply(recipe, row["settings"]) == recipe), arms[0])
+    return baselines
+
+
 def comparison_pairs(rows: list) -> list:
-    """(row, the row it is compared with): in an ablation, each arm against its baseline row; in a sweep (rows
-    with --set arms), each arm against the best arm of its version; in a ladder table, each version against the one
-    before it in the table on the same dataset."""
+    """(row, the row it is compared with): in an ablation, each arm against its baseline row; in a sweep, each arm
+    against its version's baseline (sweep_baselines); in a ladder table, each version against the one before it in
+    the table on the same dataset."""
     scored = [row for row in rows if row["acc"] is not None]
     if any(row["baseline"] for row in rows):
         return [(row, base) for base in scored if base["baseline"] for row in scored if row is not base]
-    if any(row["arm"] for row in rows):
-        pairs = []
-        for version in dict.fromkeys(row["version"] for row in scored):
-            arms = [row for row in scored if row["version"] == version]
-            best = max(arms, key=lambda row: row["acc"])
-            pairs += [(row, best) for row in arms if row is not best]
-        return pairs
+    baselines = sweep_baselines(rows)
+    if baselines:
+        return [(row, baselines[row["version"]]) for row in scored
+                if row is not baselines[row["version"]] and baselines[row["version"]]["acc"] is not None]
     return [(row, previous) for index, row in enumerate(scored)
             for previous in [next((other for other in reversed(scored[:index]) if other["dataset"] == row["dataset"]),
                                   None)] if previous]
@@ -426,8 +438,9 @@ def compare_rows(rows: list) -> list:
         row.update(p_holm=adjusted, significant="yes" if adjusted < comparisons.ALPHA else "no")
     seeds = comparisons.seeds_to_resolve([dict(difference=row["difference"], spread=row["spread"])
                                           for row in compared])
+    baselines = [row["label"] for row in sweep_baselines(rows).values()]
     for row in rows:
-        row["seeds_needed"] = seeds
+        row.update(seeds_needed=seeds, sweep_baselines=baselines)
     return compared
 
 
@@ -492,6 +505,12 @@ def statistics_lines(rows: list) -> list:
                   f"{number(row['p_value'])} | "
                   f"{number(row.get('p_holm'))} | {row.get('significant', 'no test: no spread')} |"
                   for row in compared]
+        if rows[0].get("sweep_baselines"):
+            lines += ["", f"Baseline{'s' if len(rows[0]['sweep_baselines']) > 1 else ''}, fixed before the runs (the "
+                          "version's own recipe where the sweep holds it, else the sweep's first arm): "
+                          f"{', '.join(rows[0]['sweep_baselines'])}. The best arm, picked from these same runs, needs "
+                          "a confirming run (new seeds, or the whole training split after --holdout) before its "
+                          "lead is claimed."]
         if rows[0].get("seeds_needed"):
             lines += ["", f"Seeds to resolve the smallest difference seen (paired t-test at 5%, 80% power): about "
                           f"{rows[0]['seeds_needed']}."]
