@@ -1,6 +1,7 @@
 """Several runs as one table: a results folder with a run folder per arm (a version, with its ablation idea and
 --set settings) and seed, and results.md, .csv and .png. Running the same command again skips finished runs and
 resumes unfinished ones; each run's row comes from its checkpoint's metrics, cut to the epochs the table asks for."""
+import hashlib
 import statistics
 import time
 from dataclasses import replace
@@ -27,14 +28,36 @@ RESULT_COLUMNS = ["version", "dataset", "params", "epochs", "seeds", "train_acc"
                   "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
 
 
-def arm_label(run: RunConfig) -> str:
-    """The run's version, ablation idea and --set settings, as in its folder's name: v9-lr=0.1-weight_decay=0.001,
+NAME_LIMIT = 120  # characters of a run folder's name: file systems refuse names past 255 bytes
+STAMP = len("-YYYYmmdd-HHMMSS-99")  # what RunFolder.new adds to a single run's name
+
+
+def shortened(name: str, limit: int) -> str:
+    """The name itself when it has at most `limit` characters, else a readable prefix and an 8-hex hash of the
+    whole name, which keeps long names of different arms apart."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:limit - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def full_label(run: RunConfig) -> str:
+    """The run's version, ablation idea and --set settings, however long: v9-lr=0.1-weight_decay=0.001,
     v13-without-lookahead."""
     return "-".join([f"v{run.version}", *run.idea.split(), *arm_words(run.arm)])
 
 
+def arm_label(run: RunConfig) -> str:
+    """The arm's name, as a single run's folder begins (RunFolder.new adds the time): its full label, shortened to
+    leave that folder name within NAME_LIMIT."""
+    return shortened(full_label(run), NAME_LIMIT - STAMP)
+
+
 def run_name(run: RunConfig, seeds_given: bool) -> str:
-    return arm_label(run) + (f"-seed{run.identity.seed}" if seeds_given else "")
+    """A table's run folder name, within NAME_LIMIT: the arm's full label (shortened when long) and its seed. The
+    folder's config.json, not this name, tells which run it holds."""
+    seed = f"-seed{run.identity.seed}" if seeds_given else ""
+    return shortened(full_label(run), NAME_LIMIT - len(seed)) + seed
 
 
 def arm_text(run: RunConfig) -> str:
