@@ -1,6 +1,7 @@
 """`python main.py ablate V`: the arms that test a row's ideas. V itself, V without each of its ideas (that idea's
 settings back at the parent's values) and the parent; with `--add`, the parent and the parent with each idea alone.
-Every arm trains for V's epochs, on V's dataset. No torch here: an ablation is planned and checked before any data
+Every arm trains for V's epochs, on V's dataset, in V's numerics (bfloat16 autocast by default where V has it, the
+parent's arm too: numerics are no idea of the ladder). No torch here: an ablation is planned and checked before any data
 is read."""
 from dataclasses import dataclass, replace
 
@@ -11,11 +12,13 @@ from runner.settings import Recipe
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm of an ablation: the version it runs as, its recipe, and what it is ("" for a version's own)."""
+    """One arm of an ablation: the version it runs as, its recipe, what it is ("" for a version's own) and whether
+    it autocasts to bfloat16 by default (as the ablated version does, whichever version the arm runs as)."""
 
     version: int
     recipe: Recipe
     idea: str = ""
+    autocast: bool = False
 
 
 def check_ablatable(version: int) -> None:
@@ -63,13 +66,14 @@ def without(version: int, idea: str) -> Recipe:
 
 def plan(version: int, add: bool = False) -> list:
     """The arms of `ablate version` (with `add`, of `ablate version --add`), the one all others are compared with
-    first; every arm trains for the version's epochs."""
+    first; every arm trains for the version's epochs, in its numerics."""
     check_ablatable(version)
     row = VERSIONS[version]
-    parent = Arm(row.parent, replace(VERSIONS[row.parent].recipe, epochs=row.recipe.epochs))
+    parent = Arm(row.parent, replace(VERSIONS[row.parent].recipe, epochs=row.recipe.epochs), "", row.autocast)
     if add:
-        return [parent] + [Arm(row.parent, apply(parent.recipe, settings), f"with {idea}")
+        return [parent] + [Arm(row.parent, apply(parent.recipe, settings), f"with {idea}", row.autocast)
                            for idea, settings in row.ideas.items()]
     # A row of one idea without it is its parent, which is an arm already.
-    return [Arm(version, row.recipe)] + [Arm(version, without(version, idea), f"without {idea}")
-                                         for idea in row.ideas if without(version, idea) != parent.recipe] + [parent]
+    return [Arm(version, row.recipe, "", row.autocast)] + [
+        Arm(version, without(version, idea), f"without {idea}", row.autocast)
+        for idea in row.ideas if without(version, idea) != parent.recipe] + [parent]

@@ -67,13 +67,14 @@ def check_devices(parser, args) -> None:
 def run_config(version: int, args, seed: int, device, group, arm: dict, base: Recipe | None = None,
                idea: str = "") -> RunConfig:
     """A version's run as the command line asks for it, in one arm of its --set settings; an ablation's arm
-    starts from its own recipe (`base`) instead of the version's."""
+    starts from its own recipe (`base`) instead of the version's, and trains in the ablated version's numerics."""
     from data import DataSource, data_identity
     from runner.devices import resolve_amp
 
     row, values = VERSIONS[version], vars(args)
     changes, identity = given(Recipe, values), dict(given(RunIdentity, values), seed=seed)
-    identity["amp"] = resolve_amp(values.get("amp"), row.autocast, device)
+    autocast = args.ablation[0].autocast if args.ablate else row.autocast  # every arm of an ablation alike
+    identity["amp"] = resolve_amp(values.get("amp"), autocast, device)
     folder = args.image_folder if version in args.folder_versions else None
     runtime = Runtime(**{**given(Runtime, values), "device": str(device),
                          "threads": distributed.process_threads(args.threads) if distributed.launched() else

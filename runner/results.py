@@ -1,6 +1,7 @@
 """Several runs as one table: a results folder with a run folder per arm (a version, with its ablation idea and
 --set settings) and seed, and results.md, .csv and .png. Running the same command again skips finished runs and
 resumes unfinished ones; each run's row comes from its checkpoint's metrics, cut to the epochs the table asks for."""
+import hashlib
 import statistics
 import time
 from datetime import datetime
@@ -12,7 +13,7 @@ from runner import claims
 from runner.console import STOP
 from runner.distributed import say
 from runner.errors import CheckpointError, RunnerError
-from runner.overrides import arm_words
+from runner.overrides import apply, arm_words
 from runner.files import atomic_write, write_text
 from runner.records import CHECKPOINT, CONFIG, FAILED, RunFolder
 from runner.settings import DATASETS, RunConfig, differences
@@ -28,14 +29,36 @@ RESULT_COLUMNS = ["version", "dataset", "params", "epochs", "seeds", "train_acc"
                   "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
 
 
-def arm_label(run: RunConfig) -> str:
-    """The run's version, ablation idea and --set settings, as in its folder's name: v9-lr=0.1-weight_decay=0.001,
+NAME_LIMIT = 120  # characters of a run folder's name: file systems refuse names past 255 bytes
+STAMP = len("-YYYYmmdd-HHMMSS-99")  # what RunFolder.new adds to a single run's name
+
+
+def shortened(name: str, limit: int) -> str:
+    """The name itself when it has at most `limit` characters, else a readable prefix and an 8-hex hash of the
+    whole name, which keeps long names of different arms apart."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:limit - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def full_label(run: RunConfig) -> str:
+    """The run's version, ablation idea and --set settings, however long: v9-lr=0.1-weight_decay=0.001,
     v13-without-lookahead."""
     return "-".join([f"v{run.version}", *run.idea.split(), *arm_words(run.arm)])
 
 
+def arm_label(run: RunConfig) -> str:
+    """The arm's name, as a single run's folder begins (RunFolder.new adds the time): its full label, shortened to
+    leave that folder name within NAME_LIMIT."""
+    return shortened(full_label(run), NAME_LIMIT - STAMP)
+
+
 def run_name(run: RunConfig, seeds_given: bool) -> str:
-    return arm_label(run) + (f"-seed{run.identity.seed}" if seeds_given else "")
+    """A table's run folder name, within NAME_LIMIT: the arm's full label (shortened when long) and its seed. The
+    folder's config.json, not this name, tells which run it holds."""
+    seed = f"-seed{run.identity.seed}" if seeds_given else ""
+    return shortened(full_label(run), NAME_LIMIT - len(seed)) + seed
 
 
 def arm_text(run: RunConfig) -> str:
@@ -344,8 +367,9 @@ def report(results_dir: Path, planned: list, whole_split_command=None, baseline:
     scored = [row for row in rows if row["acc"] is not None]
     if whole_split_command and scored:
         best = max(scored, key=lambda row: row["acc"])
-        print(f"\nBest on the held-out images: {best['label']} ({best['acc']:.4f}). To train it on the whole "
-              f"training split and test it:\n  {whole_split_command(best)}")
+        print(f"\nBest on the held-out images: {best['label']} ({best['acc']:.4f}). Picked from these runs, its "
+              f"lead needs a confirming run: train it on the whole training split and test it:\n"
+              f"  {whole_split_command(best)}")
     missing = [row for row in rows if row["status"] != "ok"]
     if missing:
         raise RunnerError(f"{len(missing)} of {len(rows)} rows of {results_dir / 'results.csv'} lack runs: "
@@ -439,20 +463,31 @@ def write_results(results_dir: Path, planned: list, baseline: RunConfig | None =
     return rows
 
 
+def sweep_baselines(rows: list) -> dict:
+    """In a sweep (rows with --set arms, not an ablation), each version's baseline row, fixed before any result:
+    the arm that holds the version's own recipe where the grid has it, else the grid's first arm (rows are in the
+    grid's order). Comparing with the best arm instead, picked from the same runs, would claim differences between
+    equal arms more often than 5%. Empty for other tables."""
+    if any(row["baseline"] for row in rows) or not any(row["arm"] for row in rows):
+        return {}
+    baselines = {}
+    for version in dict.fromkeys(row["version"] for row in rows):
+        arms, recipe = [row for row in rows if row["version"] == version], VERSIONS[version].recipe
+        baselines[version] = next((row for row in arms if apply(recipe, row["settings"]) == recipe), arms[0])
+    return baselines
+
+
 def comparison_pairs(rows: list) -> list:
-    """(row, the row it is compared with): in an ablation, each arm against its baseline row; in a sweep (rows
-    with --set arms), each arm against the best arm of its version; in a ladder table, each version against the one
-    before it in the table on the same dataset."""
+    """(row, the row it is compared with): in an ablation, each arm against its baseline row; in a sweep, each arm
+    against its version's baseline (sweep_baselines); in a ladder table, each version against the one before it in
+    the table on the same dataset."""
     scored = [row for row in rows if row["acc"] is not None]
     if any(row["baseline"] for row in rows):
         return [(row, base) for base in scored if base["baseline"] for row in scored if row is not base]
-    if any(row["arm"] for row in rows):
-        pairs = []
-        for version in dict.fromkeys(row["version"] for row in scored):
-            arms = [row for row in scored if row["version"] == version]
-            best = max(arms, key=lambda row: row["acc"])
-            pairs += [(row, best) for row in arms if row is not best]
-        return pairs
+    baselines = sweep_baselines(rows)
+    if baselines:
+        return [(row, baselines[row["version"]]) for row in scored
+                if row is not baselines[row["version"]] and baselines[row["version"]]["acc"] is not None]
     return [(row, previous) for index, row in enumerate(scored)
             for previous in [next((other for other in reversed(scored[:index]) if other["dataset"] == row["dataset"]),
                                   None)] if previous]
@@ -482,8 +517,9 @@ def compare_rows(rows: list) -> list:
         row.update(p_holm=adjusted, significant="yes" if adjusted < comparisons.ALPHA else "no")
     seeds = comparisons.seeds_to_resolve([dict(difference=row["difference"], spread=row["spread"])
                                           for row in compared])
+    baselines = [row["label"] for row in sweep_baselines(rows).values()]
     for row in rows:
-        row["seeds_needed"] = seeds
+        row.update(seeds_needed=seeds, sweep_baselines=baselines)
     return compared
 
 
@@ -548,6 +584,12 @@ def statistics_lines(rows: list) -> list:
                   f"{number(row['p_value'])} | "
                   f"{number(row.get('p_holm'))} | {row.get('significant', 'no test: no spread')} |"
                   for row in compared]
+        if rows[0].get("sweep_baselines"):
+            lines += ["", f"Baseline{'s' if len(rows[0]['sweep_baselines']) > 1 else ''}, fixed before the runs (the "
+                          "version's own recipe where the sweep holds it, else the sweep's first arm): "
+                          f"{', '.join(rows[0]['sweep_baselines'])}. The best arm, picked from these same runs, needs "
+                          "a confirming run (new seeds, or the whole training split after --holdout) before its "
+                          "lead is claimed."]
         if rows[0].get("seeds_needed"):
             lines += ["", f"Seeds to resolve the smallest difference seen (paired t-test at 5%, 80% power): about "
                           f"{rows[0]['seeds_needed']}."]

@@ -156,3 +156,33 @@ def test_ablates_usage_errors_import_no_torch():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert "torch imported: False" in result.stdout
     assert "a change of dataset is no idea" in result.stderr and "would give 5,000" in result.stderr
+
+
+def planned_amp(tmp_path, *argv) -> list:
+    """(version, idea, identity.amp) of each run the command plans, on a device that computes in bfloat16."""
+    import torch
+
+    import main
+    from runner import commands, distributed
+
+    parser = main.build_parser(argv[0] == "ablate")
+    args = parser.parse_args([*argv[1:]] if argv[0] == "ablate" else list(argv))
+    args.data_dir = str(tmp_path / "data")
+    main.checks.check_training_args(parser, args)
+    bases = [(arm.version, arm.recipe, arm.idea) for arm in args.ablation] if args.ablate else \
+        [(version, VERSIONS[version].recipe, "") for version in args.versions]
+    return [(version, idea, commands.run_config(version, args, 0, torch.device("cpu"), distributed.SOLO, {}, recipe,
+                                                idea).identity.amp) for version, recipe, idea in bases]
+
+
+def test_every_arm_of_an_ablation_parent_included_trains_in_the_ablated_versions_numerics(tmp_path, monkeypatch):
+    from runner import devices
+
+    monkeypatch.setattr(devices, "computes_in_bfloat16", lambda device: True)
+    arms = planned_amp(tmp_path, "ablate", "12")
+    assert arms[0][:2] == (12, "") and arms[-1][:2] == (11, "") and all(amp for _, _, amp in arms)
+    assert all(amp for _, _, amp in planned_amp(tmp_path, "ablate", "12", "--add"))  # every arm runs as 11
+    assert not any(amp for _, _, amp in planned_amp(tmp_path, "ablate", "12", "--no-amp"))
+    assert not any(amp for _, _, amp in planned_amp(tmp_path, "ablate", "11"))  # 11 and its parent stay in fp32
+    assert all(amp for _, _, amp in planned_amp(tmp_path, "ablate", "11", "--amp"))
+    assert [amp for _, _, amp in planned_amp(tmp_path, "11,12")] == [False, True]  # the ladder's rows: their own

@@ -181,6 +181,32 @@ def test_a_failed_arm_is_marked_and_the_others_go_on_unless_fail_fast(cli, mnist
     assert not (tmp_path / "fast" / "v1-lr=0.05" / "checkpoint.pt").exists()  # placed, never trained
 
 
+# Settings whose folder names, written out, would pass the file system's 255 characters (two arms, by lr).
+LONG_SETTINGS = ["lr=0.012345678901234567,0.023456789012345678", "momentum=0.00012345678901234567",
+                 "weight_decay=1.2345678901234567e-09", "label_smoothing=1.2345678901234567e-09",
+                 "warmup_start=0.99999999999999989", "final_lr_factor=0.99999999999999989",
+                 "norm_bias_lr_scale=1.0000000000000002", "muon_lr=0.23456789012345678",
+                 "muon_momentum=0.56789012345678901", "muon_weight_decay=0.12345678901234567"]
+
+
+def test_long_settings_name_run_folders_within_120_characters_found_again_by_the_same_command(cli, mnist_dir,
+                                                                                              tmp_path):
+    table, words = tmp_path / "sweep", [word for setting in LONG_SETTINGS for word in ("--set", setting)]
+    code, out, err = sweep(cli, mnist_dir, table, *words, "--seeds", "0,1")
+    assert code == 0, err
+    names = sorted(path.name for path in table.iterdir() if path.is_dir())
+    assert len(names) == 4 and all(len(name) <= 120 for name in names), names
+    assert all(name.startswith("v1-lr=0.0") and name[-6:] in ("-seed0", "-seed1") for name in names)
+    assert len({name[:-6] for name in names}) == 2  # an arm's seeds share its shortened name, the arms differ
+    code, again, err = sweep(cli, mnist_dir, table, *words, "--seeds", "0,1")
+    assert code == 0 and again.count("; skipped") == 4, err
+    assert sorted(path.name for path in table.iterdir() if path.is_dir()) == names
+    code, out, err = cli("1", *words[:1], "lr=0.05", *words[2:], "--epochs", 1, "--data-dir", mnist_dir, "--quiet")
+    assert code == 0, err
+    folder = out.splitlines()[-1].split("Run folder: runs/")[1]  # one run: its name and the time
+    assert folder.startswith("v1-lr=0.05-momentum=") and len(folder) <= 120
+
+
 def test_a_single_arm_trains_one_run_named_for_its_settings(cli, mnist_dir, tmp_path):
     code, out, err = cli("1", "--set", "weight_decay=1e-3", "--epochs", 1, "--data-dir", mnist_dir, "--quiet")
     assert code == 0, err
