@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from runner import files  # noqa: E402
 from runner import records  # noqa: E402
 import train  # noqa: E402
 from runner.errors import RunnerError  # noqa: E402
@@ -85,7 +86,8 @@ def probe_decoding_and_writing() -> None:
         counted["written"].append(Path(path).name)
         return atomic_write(path, *args, **kwargs)
 
-    data.decode_image, records.atomic_write = counted_decode, counted_write
+    # every file of a run is written through files.atomic_write: records' own name for it, and write_text's
+    data.decode_image, records.atomic_write, files.atomic_write = counted_decode, counted_write, counted_write
     atexit.register(write_probes, counted)
 
 
