@@ -174,6 +174,10 @@ def check_slurm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if len(args.versions) == 1 and len(args.arms) == 1 and args.seeds is None and not args.ablate:
         parser.error("--slurm submits several runs into one results folder: give several versions, --seeds, a --set "
                      "sweep, or ablate")
+    autocast = [version for version in args.versions if VERSIONS[version].autocast]
+    if autocast and args.amp is None:  # the submitting command places the runs, and cannot see the tasks' devices
+        parser.error(f"--slurm: version {autocast[0]} trains in bfloat16 autocast where the device computes in it, "
+                     "and only the tasks' machines know theirs: give --amp or --no-amp")
 
 
 def parsed_assignments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:

@@ -119,7 +119,7 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         resume(parser, args, progress)
         return
     device = device_or_error(parser, args.device or "auto", bool(args.amp))
-    if args.compile and not can_compile(device):
+    if args.compile and not args.slurm and not can_compile(device):  # a Slurm task checks its own machine
         args.compile = None
         if distributed.is_writer():
             print(NO_COMPILER, file=sys.stderr)
@@ -146,7 +146,9 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         "choosing the results folder", lambda: str(RunFolder.new(Path("runs"), "table").path)))
     progress.created = None if args.out else results_dir
     distributed.on_first("checking the results folder", lambda: results.prepare_results_folder(results_dir))
-    if args.slurm:
+    lease = args.lease or claims.DEFAULT_LEASE
+    if args.slurm:  # --force and --retry-failed are the submitting command's: done once, before any task starts
+        results.place_runs(results_dir, runs, args.seeds is not None, args.force, lease, args.retry_failed)
         jobs = slurm.submit(args, argv, results_dir, len(runs))
         print(f"Submitted {len(jobs)} array task(s) (job {', '.join(dict.fromkeys(job.split('_')[0] for job in jobs))})"
               f", each taking runs of {results_dir} until none is left; their logs: {results_dir / SLURM_LOGS}.\n"
@@ -154,7 +156,6 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         return
     again = [word for word in argv if word != "--force"] + ([] if args.out else ["--out", results_dir])
     progress.label, progress.folder, progress.resume_command = "Results folder", results_dir, command_line(*again)
-    lease = args.lease or claims.DEFAULT_LEASE
     paths = distributed.on_first("placing the runs", lambda: results.place_runs(
         results_dir, runs, args.seeds is not None, args.force, lease, args.retry_failed))
     planned = [(run, RunFolder(Path(path))) for run, path in zip(runs, paths)]

@@ -12,9 +12,9 @@ import submitit
 
 from runner.console import STOP
 from runner.errors import RunnerError
-from runner.records import FAILED, SLURM_LOGS, RunFolder
+from runner.records import SLURM_LOGS
 
-SHARED_FLAGS = {"--slurm", "--retry-failed"}  # switches the tasks do not repeat
+SHARED_FLAGS = {"--slurm", "--force", "--retry-failed"}  # the submitting command's alone: it did them, once
 VALUED_FLAGS = {"--slurm-partition", "--slurm-gpus", "--slurm-cpus", "--slurm-time", "--slurm-tasks",
                 "--slurm-array-parallelism", "--slurm-executor"}
 
@@ -71,14 +71,10 @@ def check_cluster(executor: str | None) -> None:
 
 
 def submit(args, argv: list, results_dir: Path, runs: int) -> list:
-    """Submit the array (one task per run unless --slurm-tasks says otherwise); returns the job ids. With
-    --retry-failed, the folder's failed runs are cleared here, once, before any task starts."""
+    """Submit the array (one task per run unless --slurm-tasks says otherwise) on a results folder whose runs are
+    placed; returns the job ids."""
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    if args.retry_failed:
-        for entry in results_dir.iterdir():
-            if entry.is_dir() and RunFolder(entry).is_ours():
-                (entry / FAILED).unlink(missing_ok=True)
     executor = submitit.AutoExecutor(folder=results_dir / SLURM_LOGS / "%j", cluster=args.slurm_executor or "slurm")
     gpus = args.slurm_gpus or 0
     executor.update_parameters(name=f"main.py-{results_dir.name}", timeout_min=args.slurm_time or 60,
