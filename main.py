@@ -119,20 +119,21 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
             "Test the ideas a version adds to its parent (see: main.py list): V, V without each idea, and the "
             "parent; with --add, the parent and the parent with each idea alone. Every arm trains for V's epochs "
             "into one results folder, and each is compared with V (with --add, with the parent)."),
-            formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("versions", type=one_version, metavar="V", help="the version whose ideas to test (3-5, "
+            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+        parser.add_argument("ablated", type=one_version, metavar="V", help="the version whose ideas to test (3-5, "
                             "7-13: those whose parent trains on the same dataset)")
         parser.add_argument("--add", action="store_true", help="add each idea alone to the parent instead of "
                             "taking it out of V")
+        parser.set_defaults(versions=None)  # the versions of its arms, once checks.py has planned them
     else:
         parser = Parser(
             prog="main.py", usage="%(prog)s [VERSIONS | list | fields | ablate V | status RESULTS_DIR | "
             "eval RUN_DIR | predict RUN_DIR IMAGE... | export RUN_DIR] [options]",
             description="Train and test the versions of the image-classification ablation ladder.",
-            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         parser.add_argument("versions", nargs="?", type=version_list, metavar="VERSIONS",
                             help=f"versions to run: 9, 1,3, 6-9, 1,3,6-9 or all ({min(VERSIONS)}-{max(VERSIONS)})")
-        parser.set_defaults(add=False)
+        parser.set_defaults(add=False, ablated=None)
     parser.set_defaults(ablate=ablate)
     for kind in SETTINGS:
         group = parser.add_argument_group(GROUP_TITLES[kind])
@@ -179,16 +180,17 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
 
 def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
     if command == "eval":
-        parser = argparse.ArgumentParser(prog="main.py eval", description="Test a saved run: loss, accuracy, "
-                                         "per-class accuracy, and confusion.png in the run folder.")
+        parser = argparse.ArgumentParser(prog="main.py eval", allow_abbrev=False, description="Test a saved run: "
+                                         "loss, accuracy, per-class accuracy, and confusion.png in the run folder.")
     elif command == "export":
-        parser = argparse.ArgumentParser(prog="main.py export", description=(
+        parser = argparse.ArgumentParser(prog="main.py export", allow_abbrev=False, description=(
             "Write a run's model as ONNX (model.onnx in the run folder): uint8 pixels in, class log-probabilities "
             "out, scaling and input layers inside, float32, any batch size; checked in ONNX Runtime against "
             "PyTorch on the run's test images."))
     else:
-        parser = argparse.ArgumentParser(prog="main.py predict", description="Top-3 classes with probabilities "
-                                         "for each image, converted and resized to the model's input.")
+        parser = argparse.ArgumentParser(prog="main.py predict", allow_abbrev=False, description="Top-3 classes "
+                                         "with probabilities for each image, converted and resized to the model's "
+                                         "input.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with config.json and checkpoint.pt")
     if command == "predict":
         parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -326,9 +328,9 @@ def show_status(argv: list) -> int:
     from runner.errors import RunnerError
     from runner.status import status_lines
 
-    parser = argparse.ArgumentParser(prog="main.py status", description="What the copies of a table, sweep or "
-                                     "ablation command have done in its results folder: each run finished, running "
-                                     "(on which machine and process), failed (why) or waiting.")
+    parser = argparse.ArgumentParser(prog="main.py status", allow_abbrev=False, description="What the copies of a "
+                                     "table, sweep or ablation command have done in its results folder: each run "
+                                     "finished, running (on which machine and process), failed (why) or waiting.")
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the results folder (--out) of the command")
     args = parser.parse_args(argv)
     try:
@@ -376,7 +378,7 @@ def main(argv: list | None = None) -> int:
             commands.check_devices(parser, args)
             return distributed.launch(processes, argv)
 
-        return commands.guarded(lambda progress: commands.run_training(parser, args, argv, progress))
+        return commands.guarded(lambda progress: commands.run_training(parser, args, progress))
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
 

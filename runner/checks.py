@@ -122,7 +122,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     values = vars(args)
     parser.out = args.out or args.resume
     if args.resume:
-        if args.versions:
+        if args.versions or args.ablated:
             parser.error("give either VERSIONS or --resume RUN_DIR, not both")
         check_readable_dir(parser, "--resume", args.resume)
         if not os.path.isfile(os.path.join(args.resume, "config.json")):
@@ -140,7 +140,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
             check_image_folder(parser, args.image_folder, holdout=saved_holdout(args.resume))
         check_slurm(parser, args)
         return
-    if not args.versions:
+    if not (args.versions or args.ablated):
         parser.error("say which versions to run, e.g. 9 or 1,3,6-9 (see: python main.py list)")
     if args.seed is not None and args.seeds:
         parser.error("give --seed or --seeds, not both")
@@ -218,7 +218,7 @@ def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
 def checked_ablation(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list, list]:
     """The arms of `ablate V` (ablations.Arm), each checked with the --set settings given, which must hold one
     value each and leave alone the fields V's ideas move; and those settings as the one arm of the --set grid."""
-    version = args.versions[0]
+    version = args.ablated[0]
     assignments = parsed_assignments(parser, args)
     for name in given(Recipe, vars(args)):
         idea = ablations.moving_idea(version, name) if name != "epochs" else None

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import submitit
 
+from runner.cli_words import command_words
 from runner.console import STOP
 from runner.errors import RunnerError
 from runner.records import SLURM_LOGS
 
-SHARED_FLAGS = {"--slurm", "--force", "--retry-failed"}  # the submitting command's alone: it did them, once
-VALUED_FLAGS = {"--slurm-partition", "--slurm-gpus", "--slurm-cpus", "--slurm-time", "--slurm-tasks",
-                "--slurm-array-parallelism", "--slurm-executor"}
+SUBMITTERS = {"force", "retry_failed"}  # the submitting command's alone: it did them, once
 
 
 class Task(submitit.helpers.Checkpointable):
@@ -42,25 +41,12 @@ class Task(submitit.helpers.Checkpointable):
         return code
 
 
-def task_argv(argv: list, results_dir: Path, gpus: int) -> list:
-    """The command each task runs: this one without the Slurm flags, on the results folder, with one process per
-    GPU of the task (each taking whole runs of its own) when it has several."""
-    words, skip = [], False
-    for word in argv:
-        name = word.split("=", 1)[0]
-        if skip:
-            skip = False
-        elif name in SHARED_FLAGS:
-            continue
-        elif name in VALUED_FLAGS:
-            skip = "=" not in word
-        else:
-            words.append(word)
-    if "--out" not in words:
-        words += ["--out", str(results_dir.resolve())]
-    if gpus > 1 and "--procs" not in words:
-        words += ["--procs", str(gpus)]
-    return words
+def task_argv(parser, args, results_dir: Path, gpus: int) -> list:
+    """The command each task runs: this one without the Slurm options, --force and --retry-failed, on the results
+    folder, with one process per GPU of the task (each taking whole runs of its own) when it has several."""
+    slurm_options = {name for name in vars(args) if name == "slurm" or name.startswith("slurm_")}
+    return command_words(parser, args, without=slurm_options | SUBMITTERS, out=results_dir.resolve(),
+                         procs=args.procs or (gpus if gpus > 1 else None))
 
 
 def check_cluster(executor: str | None) -> None:
@@ -70,7 +56,7 @@ def check_cluster(executor: str | None) -> None:
                           "try the array on this machine with --slurm-executor local")
 
 
-def submit(args, argv: list, results_dir: Path, runs: int) -> list:
+def submit(parser, args, results_dir: Path, runs: int) -> list:
     """Submit the array (one task per run unless --slurm-tasks says otherwise) on a results folder whose runs are
     placed; returns the job ids."""
     root = str(Path(__file__).resolve().parent.parent)
@@ -81,5 +67,5 @@ def submit(args, argv: list, results_dir: Path, runs: int) -> list:
                                gpus_per_node=gpus, tasks_per_node=1, cpus_per_task=args.slurm_cpus or 1,
                                slurm_array_parallelism=args.slurm_array_parallelism or 256,
                                **({"slurm_partition": args.slurm_partition} if args.slurm_partition else {}))
-    jobs = executor.map_array(Task(task_argv(argv, results_dir, gpus)), range(args.slurm_tasks or runs))
+    jobs = executor.map_array(Task(task_argv(parser, args, results_dir, gpus)), range(args.slurm_tasks or runs))
     return [job.job_id for job in jobs]

@@ -74,7 +74,7 @@ def test_a_table_interrupted_names_the_command_that_continues_it(tmp_path, start
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert "Continue with: python main.py 1 --seeds 0,1 --epochs 500" in err and f"--out {table}" in err
+    assert "Continue with: python main.py 1 --epochs 500 --seeds 0,1 " in err and f"--out {table}" in err
 
 
 def test_out_of_memory_is_one_line_with_a_hint(monkeypatch, tmp_path):
