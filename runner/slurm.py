@@ -1,8 +1,9 @@
 """--slurm: a table, sweep or ablation submitted as a Slurm job array through submitit. Every task runs the same
 command on the same results folder, so the tasks divide its runs by claiming them (results.run_table); a task
 with nothing left to take ends. A task that Slurm preempts or times out is requeued by submitit: its signal
-(SIGUSR2 on Slurm) sets the runner's stop flag, the run stops between two steps and releases its claim, and only
-then does submitit requeue the task, which continues the run from its checkpoint."""
+(SIGUSR2 on Slurm) sets the runner's stop flag (a task of several processes passes it on to them), the run stops
+between two steps and releases its claim, and only then does submitit requeue the task, which continues the run from
+its checkpoint."""
 import os
 import signal
 import sys
