@@ -3,6 +3,7 @@ or use a saved run. Every failure a user can meet ends as one line on stderr and
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,7 +111,9 @@ def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, 
     return distributed.Group(data_parallel=data_parallel)
 
 
-def run_training(parser, args, progress: Progress) -> None:
+def run_training(parser, args, progress: Progress, command: Callable[[list], int]) -> None:
+    """Train one version or a table, or submit a table as a Slurm job array whose tasks each run `command` (the
+    training command as a function of its words, train_command.run) on their words."""
     from runner import results
     from runner.devices import NO_COMPILER, can_compile
     import train
@@ -149,7 +152,7 @@ def run_training(parser, args, progress: Progress) -> None:
     lease = args.lease or claims.DEFAULT_LEASE
     if args.slurm:  # --force and --retry-failed are the submitting command's: done once, before any task starts
         results.place_runs(results_dir, runs, args.seeds is not None, args.force, lease, args.retry_failed)
-        jobs = slurm.submit(parser, args, results_dir, len(runs))
+        jobs = slurm.submit(parser, args, results_dir, len(runs), command)
         print(f"Submitted {len(jobs)} array task(s) (job {', '.join(dict.fromkeys(job.split('_')[0] for job in jobs))})"
               f", each taking runs of {results_dir} until none is left; their logs: {results_dir / SLURM_LOGS}.\n"
               f"See them with: {command_line('status', results_dir)}")

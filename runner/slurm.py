@@ -7,6 +7,7 @@ its checkpoint."""
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import submitit
@@ -20,9 +21,12 @@ SUBMITTERS = {"force", "retry_failed"}  # the submitting command's alone: it did
 
 
 class Task(submitit.helpers.Checkpointable):
-    """One array task: the command, in this task's process; requeued with the same arguments when preempted."""
+    """One array task: the command (a function of its words, train_command.run, given by the submitting command: this
+    module imports none of the command line) in this task's process; requeued with the same arguments when
+    preempted."""
 
-    def __init__(self, argv: list):
+    def __init__(self, command: Callable[[list], int], argv: list):
+        self.command = command
         self.argv = argv
 
     def __call__(self, index: int) -> int:
@@ -31,9 +35,7 @@ class Task(submitit.helpers.Checkpointable):
         requeue = signal.getsignal(requeue_signal) if requeue_signal else None
         if requeue_signal:
             STOP.signals = (signal.SIGINT, requeue_signal)  # SIGTERM stays ignored, as submitit set it
-        import main
-
-        code = main.main(self.argv)
+        code = self.command(self.argv)
         if requeue and STOP.signum == requeue_signal:
             print(f"task {index}: preempted or timed out; its claim is released, requeueing", file=sys.stderr)
             requeue(requeue_signal, None)  # submitit: checkpoint, requeue, exit
@@ -57,9 +59,9 @@ def check_cluster(executor: str | None) -> None:
                           "try the array on this machine with --slurm-executor local")
 
 
-def submit(parser, args, results_dir: Path, runs: int) -> list:
+def submit(parser, args, results_dir: Path, runs: int, command: Callable[[list], int]) -> list:
     """Submit the array (one task per run unless --slurm-tasks says otherwise) on a results folder whose runs are
-    placed; returns the job ids."""
+    placed, each task running `command` on its words; returns the job ids."""
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     executor = submitit.AutoExecutor(folder=results_dir / SLURM_LOGS / "%j", cluster=args.slurm_executor or "slurm")
@@ -68,5 +70,6 @@ def submit(parser, args, results_dir: Path, runs: int) -> list:
                                gpus_per_node=gpus, tasks_per_node=1, cpus_per_task=args.slurm_cpus or 1,
                                slurm_array_parallelism=args.slurm_array_parallelism or 256,
                                **({"slurm_partition": args.slurm_partition} if args.slurm_partition else {}))
-    jobs = executor.map_array(Task(task_argv(parser, args, results_dir, gpus)), range(args.slurm_tasks or runs))
+    task = Task(command, task_argv(parser, args, results_dir, gpus))
+    jobs = executor.map_array(task, range(args.slurm_tasks or runs))
     return [job.job_id for job in jobs]

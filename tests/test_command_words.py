@@ -8,6 +8,8 @@ import pytest
 
 import main
 import train
+from runner import checks
+from runner import train_command
 from runner import commands
 from runner import slurm
 from conftest import make_mnist
@@ -23,14 +25,14 @@ ABLATION = ["13", "--add", "--epochs", "2", "--seeds", "0-2", "--amp"]
 
 
 def parsed(argv: list, ablate: bool = False) -> tuple:
-    parser = main.build_parser(ablate)
+    parser = train_command.build_parser(ablate)
     return parser, parser.parse_args(argv)
 
 
 def test_the_round_trips_below_give_every_option_but_resume():
     """--resume continues one run, never a table: no command is rebuilt from it."""
     given = {word for word in TABLE + SLURM + ABLATION if word.startswith("--")} | {"--procs", "--seeds"}
-    options = {option for ablate in (False, True) for action in main.build_parser(ablate)._actions
+    options = {option for ablate in (False, True) for action in train_command.build_parser(ablate)._actions
                for option in action.option_strings}
     assert options - given == {"-h", "--help", "--resume"}
 
@@ -62,7 +64,7 @@ def test_a_slurm_tasks_command_parses_to_the_submitted_settings_without_the_subm
 
 def test_an_ablations_slurm_task_runs_the_same_ablation(tmp_path):
     parser, args = parsed([*ABLATION, "--data-dir", str(tmp_path), "--slurm", "--slurm-gpus", "1"], ablate=True)
-    main.checks.check_training_args(parser, args)  # plans the arms, of versions 12 and 13
+    checks.check_training_args(parser, args)  # plans the arms, of versions 12 and 13
     words = slurm.task_argv(parser, args, tmp_path / "a", gpus=1)
     assert words[:3] == ["ablate", "13", "--add"]
     assert vars(parsed(words[1:], ablate=True)[1]) == vars(parsed(

@@ -203,7 +203,7 @@ def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_pat
 SLURM_TASK = """import signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from runner import claims, slurm
+from runner import claims, slurm, train_command
 
 out = Path(sys.argv[2])
 
@@ -215,7 +215,7 @@ def requeue(signum, frame):  # as submitit's handler: it requeues the task, and 
 
 
 signal.signal(signal.SIGUSR2, requeue)
-sys.exit(slurm.Task(sys.argv[3:])(0))
+sys.exit(slurm.Task(train_command.run, sys.argv[3:])(0))
 """
 
 
