@@ -23,7 +23,7 @@ from data import DataSource, Split, classic_dataset, load_split
 from runner.devices import prepare_torch, resolve_device
 from runner.errors import RunnerError
 from runner.loaders import BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_transform
-from main import version_list
+from runner.train_command import version_list
 from models import build_model, fit_input_layers
 from runner.settings import DATASETS, default_cache_dir, device_name, positive_int, worker_count
 from runner.state import TrainingState

@@ -122,7 +122,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     values = vars(args)
     parser.out = args.out or args.resume
     if args.resume:
-        if args.versions:
+        if args.versions or args.ablated:
             parser.error("give either VERSIONS or --resume RUN_DIR, not both")
         check_readable_dir(parser, "--resume", args.resume)
         if not os.path.isfile(os.path.join(args.resume, "config.json")):
@@ -140,7 +140,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
             check_image_folder(parser, args.image_folder, holdout=saved_holdout(args.resume))
         check_slurm(parser, args)
         return
-    if not args.versions:
+    if not (args.versions or args.ablated):
         parser.error("say which versions to run, e.g. 9 or 1,3,6-9 (see: python main.py list)")
     if args.seed is not None and args.seeds:
         parser.error("give --seed or --seeds, not both")
@@ -174,6 +174,10 @@ def check_slurm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if len(args.versions) == 1 and len(args.arms) == 1 and args.seeds is None and not args.ablate:
         parser.error("--slurm submits several runs into one results folder: give several versions, --seeds, a --set "
                      "sweep, or ablate")
+    autocast = [version for version in args.versions if VERSIONS[version].autocast]
+    if autocast and args.amp is None:  # the submitting command places the runs, and cannot see the tasks' devices
+        parser.error(f"--slurm: version {autocast[0]} trains in bfloat16 autocast where the device computes in it, "
+                     "and only the tasks' machines know theirs: give --amp or --no-amp")
 
 
 def parsed_assignments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
@@ -214,7 +218,7 @@ def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
 def checked_ablation(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list, list]:
     """The arms of `ablate V` (ablations.Arm), each checked with the --set settings given, which must hold one
     value each and leave alone the fields V's ideas move; and those settings as the one arm of the --set grid."""
-    version = args.versions[0]
+    version = args.ablated[0]
     assignments = parsed_assignments(parser, args)
     for name in given(Recipe, vars(args)):
         idea = ablations.moving_idea(version, name) if name != "epochs" else None

@@ -3,6 +3,7 @@ or use a saved run. Every failure a user can meet ends as one line on stderr and
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -11,11 +12,11 @@ from runner import claims
 from runner import distributed
 from runner import overrides
 from configs import VERSIONS
+from runner.cli_words import command_words
 from runner.console import EXIT_CODES, STOP, Stopped
 from runner.errors import OthersTraining, RunnerError
 from runner.records import CHECKPOINT, SLURM_LOGS, RunFolder, leave_failure_marker
-from runner.settings import (Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, flag_given,
-                             flag_words, given)
+from runner.settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, given
 
 
 TRACEBACK = "BASIC_IMAGE_CLASSIFICATION_TRACEBACK"  # set it to see an unexpected failure's traceback
@@ -112,7 +113,9 @@ def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, 
     return distributed.Group(data_parallel=data_parallel)
 
 
-def run_training(parser, args, argv: list, progress: Progress) -> None:
+def run_training(parser, args, progress: Progress, command: Callable[[list], int]) -> None:
+    """Train one version or a table, or submit a table as a Slurm job array whose tasks each run `command` (the
+    training command as a function of its words, train_command.run) on their words."""
     from runner import results
     from runner.devices import NO_COMPILER, can_compile
     import train
@@ -121,7 +124,7 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         resume(parser, args, progress)
         return
     device = device_or_error(parser, args.device or "auto", bool(args.amp))
-    if args.compile and not can_compile(device):
+    if args.compile and not args.slurm and not can_compile(device):  # a Slurm task checks its own machine
         args.compile = None
         if distributed.is_writer():
             print(NO_COMPILER, file=sys.stderr)
@@ -148,15 +151,16 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         "choosing the results folder", lambda: str(RunFolder.new(Path("runs"), "table").path)))
     progress.created = None if args.out else results_dir
     distributed.on_first("checking the results folder", lambda: results.prepare_results_folder(results_dir))
-    if args.slurm:
-        jobs = slurm.submit(args, argv, results_dir, len(runs))
+    lease = args.lease or claims.DEFAULT_LEASE
+    if args.slurm:  # --force and --retry-failed are the submitting command's: done once, before any task starts
+        results.place_runs(results_dir, runs, args.seeds is not None, args.force, lease, args.retry_failed)
+        jobs = slurm.submit(parser, args, results_dir, len(runs), command)
         print(f"Submitted {len(jobs)} array task(s) (job {', '.join(dict.fromkeys(job.split('_')[0] for job in jobs))})"
               f", each taking runs of {results_dir} until none is left; their logs: {results_dir / SLURM_LOGS}.\n"
               f"See them with: {command_line('status', results_dir)}")
         return
-    again = [word for word in argv if word != "--force"] + ([] if args.out else ["--out", results_dir])
-    progress.label, progress.folder, progress.resume_command = "Results folder", results_dir, command_line(*again)
-    lease = args.lease or claims.DEFAULT_LEASE
+    progress.label, progress.folder = "Results folder", results_dir
+    progress.resume_command = command_line(*command_words(parser, args, without={"force"}, out=results_dir))
     paths = distributed.on_first("placing the runs", lambda: results.place_runs(
         results_dir, runs, args.seeds is not None, args.force, lease, args.retry_failed))
     planned = [(run, RunFolder(Path(path))) for run, path in zip(runs, paths)]
@@ -172,24 +176,16 @@ def run_training(parser, args, argv: list, progress: Progress) -> None:
         raise OthersTraining(f"{len(elsewhere)} run(s) are still trained by other copies of this command (first: "
                              f"{elsewhere[0][0]}, by {claims.owner_text(elsewhere[0][1])}); the copy that ends last "
                              f"prints the table. See them with: {command_line('status', results_dir)}")
-    chosen = (lambda row: whole_split_command(args, row)) if args.holdout and len(args.arms) > 1 else None
+    chosen = (lambda row: whole_split_command(parser, args, row)) if args.holdout and len(args.arms) > 1 else None
     results.report(results_dir, planned, chosen, baseline)
 
 
-def whole_split_command(args, row: dict) -> str:
+def whole_split_command(parser, args, row: dict) -> str:
     """The command that trains a table's row (a version with its --set settings) as this one did, without
     --holdout: on the whole training split, tested on the test split, into a new folder."""
-    words, values = [str(row["version"])], vars(args)
-    for kind in (Recipe, RunIdentity, Runtime):
-        for setting in flag_fields(kind):
-            value = values.get(setting.name)
-            if setting.name not in ("holdout", "holdout_seed") and flag_given(setting, value):
-                words += flag_words(setting, value)
-    if args.seeds is not None:
-        words += ["--seeds", ",".join(map(str, args.seeds))]
-    for word in overrides.arm_words(row["settings"]):
-        words += ["--set", word]
-    return command_line(*words, *(["--procs", args.procs] if args.procs else []))
+    words = command_words(parser, args, without={"holdout", "holdout_seed", "out", "force", "retry_failed"},
+                          versions=[row["version"]], set=overrides.arm_words(row["settings"]) or None)
+    return command_line(*words)
 
 
 def train_one(run: RunConfig, args, group, progress: Progress) -> None:

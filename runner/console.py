@@ -3,14 +3,23 @@
 A signal only sets a flag. The long loops (training steps, test batches, decoded images) check it between items,
 so a stop never lands inside a file write, a finalizer or a half-made step; the caller then keeps what is
 finished. A second signal stops at once, except under several processes, where every process must stop after the
-same step (torchrun also forwards the terminal's Ctrl-C, so each process sees two).
+same step (torchrun also forwards the terminal's Ctrl-C, so each process sees two). The processes that --procs
+launches stop on the launcher's signals too (a Slurm task's requeue signal), which it passes on to them.
 """
+import os
 import signal
 import sys
 
 from tqdm import tqdm
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+PASSED_ON = "BASIC_IMAGE_CLASSIFICATION_STOP_SIGNALS"  # the signals a launcher passes on to its processes
+
+
+def passed_on_signals() -> tuple:
+    """The signals that stop this process: SIGINT, SIGTERM and those its launcher passes on (see PASSED_ON)."""
+    names = [name for name in os.environ.get(PASSED_ON, "").split(",") if name]
+    return tuple(dict.fromkeys([*EXIT_CODES, *(signal.Signals[name] for name in names)]))
 
 
 class Stopped(BaseException):
@@ -29,7 +38,7 @@ class StopFlag:
         self.signum = None
         self.previous = {}
         self.second_stops_at_once = True
-        self.signals = tuple(EXIT_CODES)  # a Slurm task stops on its requeue signal instead of SIGTERM (slurm.py)
+        self.signals = passed_on_signals()  # a Slurm task stops on its requeue signal instead of SIGTERM (slurm.py)
 
     def install(self, second_stops_at_once: bool = True) -> None:
         self.signum = None

@@ -9,6 +9,7 @@ their own whose timeout allows for them; every timeout names what it was waiting
 """
 import datetime
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from runner.console import STOP, Stopped
+from runner.console import PASSED_ON, STOP, Stopped
 from runner.errors import ProcessesLost, RunnerError
 from runner.records import FAILURE_MARKER
 from runner.settings import shared_gpu
@@ -261,21 +262,32 @@ def free_port() -> int:
 
 def launch(processes: int, argv: list) -> int:
     """Run `main.py argv` in `processes` processes on this machine through torchrun's launcher (c10d rendezvous);
-    returns the first failed process's exit status, or 0."""
+    returns the first failed process's exit status, or 0. A signal of the stop flag's (SIGINT and SIGTERM, or a
+    Slurm task's requeue signal) is passed on to the processes, which stop on it too, and sets the flag here once
+    they have stopped."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    passed_on = [signal.Signals(signum).name for signum in STOP.signals]
+    handled = list(dict.fromkeys([*passed_on, "SIGHUP", "SIGQUIT"]))  # torchrun's own, SIGTERM as the flag says
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, rdzv_backend="c10d",
                           rdzv_endpoint=f"127.0.0.1:{free_port()}", run_id=f"main-{os.getpid()}", max_restarts=0,
-                          monitor_interval=0.1, start_method="spawn")
+                          monitor_interval=0.1, start_method="spawn", signals_to_handle=",".join(handled))
     script = str(Path(__file__).resolve().parent.parent / "main.py")
     os.environ[LAUNCHER] = "main.py"
+    os.environ[PASSED_ON] = ",".join(passed_on)
+    handlers = {name: signal.getsignal(signal.Signals[name]) for name in handled}
     try:
         elastic_launch(config, sys.executable)("-u", script, *argv)
     except ChildFailedError as error:
         codes = [failure.exitcode for failure in error.failures.values()]
         return next((code for code in codes if code > 0), 1)
     except SignalException as stop:
-        return 128 + stop.sigval  # the processes have stopped and said so; 130 after Ctrl-C, 143 after SIGTERM
+        STOP.signum = stop.sigval  # the processes have stopped between two steps and said so
+        return 128 + stop.sigval  # 130 after Ctrl-C, 143 after SIGTERM
+    finally:
+        for name, handler in handlers.items():  # the launcher's handlers replaced the command's own
+            if handler is not None:
+                signal.signal(signal.Signals[name], handler)
     return 0

@@ -5,6 +5,7 @@ records every epoch each process finishes)."""
 import collections
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -189,20 +190,26 @@ def test_a_stale_claim_on_a_finished_run_is_ignored_and_force_is_refused_while_a
         {path: stamp for path, stamp in before.items() if CLAIM not in path}
 
 
+def submit_locally(tmp_path, probe: Path, *argv, tasks: int, delay: float) -> subprocess.CompletedProcess:
+    """Submit the command as a Slurm array of `tasks` tasks on submitit's local executor; every task puts the epochs
+    probe in place as Python starts (PATCH=epochs, each step sleeping `delay` seconds)."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(f"import os, sys\nif 'SUBMITIT_LOCAL_GLOBALID' in os.environ:\n"
+                                           f"    sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+                                           "    import patches\n    patches.apply('epochs')\n")
+    environment = dict(os.environ, PROBE_DIR=str(probe), STEP_DELAY=str(delay), PYTHONPATH=str(site))
+    with open(tmp_path / "submit.out", "w") as said:  # a file, not a pipe: the tasks' processes inherit it
+        return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, argv), "--quiet", "--threads", "1",
+                               "--slurm", "--slurm-executor", "local", "--slurm-tasks", str(tasks)],
+                              env=environment, stdout=said, stderr=subprocess.STDOUT, timeout=60)
+
+
 def test_a_slurm_array_on_the_local_executor_shares_the_runs_and_a_requeued_task_continues(tmp_path, data):
     pytest.importorskip("submitit")
     out, probe = tmp_path / "t", tmp_path / "probe"
     probe.mkdir()
-    site = tmp_path / "site"  # every task of the array puts the epochs probe in place as Python starts
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(f"import os, sys\nif 'SUBMITIT_LOCAL_GLOBALID' in os.environ:\n"
-                                           f"    sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-                                           "    import patches\n    patches.apply('epochs')\n")
-    environment = dict(os.environ, PROBE_DIR=str(probe), STEP_DELAY="0.3", PYTHONPATH=str(site))
-    with open(tmp_path / "submit.out", "w") as said:  # a file, not a pipe: the tasks' processes inherit it
-        submitted = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, table(data, out)), "--quiet",
-                                    "--threads", "1", "--slurm", "--slurm-executor", "local", "--slurm-tasks", "2"],
-                                   env=environment, stdout=said, stderr=subprocess.STDOUT, timeout=60)
+    submitted = submit_locally(tmp_path, probe, *table(data, out), tasks=2, delay=0.3)
     assert submitted.returncode == 0 and "Submitted 2 array task(s)" in (tmp_path / "submit.out").read_text()
     record = wait_for(lambda: claims.read_claim(out / "v1-seed0"), what="a task's claim")
     os.kill(record["pid"], signal.SIGUSR2)  # what Slurm sends before preempting or timing out a task
@@ -222,6 +229,27 @@ def test_a_slurm_array_on_the_local_executor_shares_the_runs_and_a_requeued_task
     assert f"Slurm tasks' logs: {out / '.slurm'}" in status.stdout
 
 
+def test_slurm_force_starts_a_finished_table_over_once_before_its_tasks_each_train_runs_once(cli, tmp_path, data):
+    """--force belongs to the submitting command: it clears the table once; a task given it too would wipe the runs
+    other tasks had finished, or meet their live claims and fail."""
+    pytest.importorskip("submitit")
+    out, probe = tmp_path / "t", tmp_path / "probe"
+    probe.mkdir()
+    four = ["1", "--seeds", "0-3", "--epochs", 2, "--batch-size", 50, "--data-dir", data, "--out", out]
+    assert cli(*four, "--quiet")[0] == 0
+    submitted = submit_locally(tmp_path, probe, *four, "--force", "--lease", 2, tasks=3, delay=0.3)
+    said = (tmp_path / "submit.out").read_text()
+    assert submitted.returncode == 0 and "Submitted 3 array task(s)" in said, said
+    assert not any((out / f"v1-seed{seed}" / "checkpoint.pt").exists() for seed in range(4))  # cleared at once
+    results = wait_for(lambda: [path for path in (out / ".slurm").rglob("*_result.pkl")] if len(
+        list((out / ".slurm").rglob("*_result.pkl"))) == 3 else None, 240, "the three tasks' ends")
+    logs = "".join(path.read_text() for path in (out / ".slurm").rglob("*_log.*"))
+    assert all(pickle.loads(path.read_bytes())[0] == "success" for path in results), logs
+    assert epochs_trained(probe) == {(f"v1-seed{seed}", str(epoch)): 1 for seed in range(4) for epoch in (1, 2)}
+    status = subprocess.run([sys.executable, str(ROOT / "main.py"), "status", out], capture_output=True, text=True)
+    assert "4 runs: 4 finished, 0 running, 0 failed, 0 waiting" in status.stdout
+
+
 def test_slurm_without_slurm_is_one_line_and_makes_nothing(cli, tmp_path, data, monkeypatch):
     pytest.importorskip("submitit")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no srun on it
@@ -230,3 +258,10 @@ def test_slurm_without_slurm_is_one_line_and_makes_nothing(cli, tmp_path, data, 
     assert not (tmp_path / "t").exists() and not (tmp_path / "runs").exists()
     code, _, err = cli("1", "--data-dir", data, "--slurm")
     assert code == 2 and "--slurm submits several runs" in err
+
+
+def test_slurm_asks_for_amp_or_no_amp_where_the_tasks_devices_would_choose_it(cli, tmp_path):
+    """The submitting command places the runs, fixed for their life, and cannot see the tasks' devices."""
+    code, _, err = cli("ablate", "13", "--seeds", "0,1", "--out", tmp_path / "t", "--slurm")
+    assert code == 2 and "--slurm: version 12 trains in bfloat16 autocast" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "t").exists()

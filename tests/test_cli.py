@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-import main
+from runner import train_command
 from configs import VERSIONS
 from conftest import make_image_folder
 
@@ -148,6 +148,6 @@ def test_eval_and_predict_take_one_device(cli, tmp_path):
 
 
 def test_seeds_take_lists_and_ranges():
-    assert main.seed_list("0-4") == [0, 1, 2, 3, 4]
-    assert main.seed_list("0-2,7") == [0, 1, 2, 7]
-    assert main.seed_list("5") == [5]
+    assert train_command.seed_list("0-4") == [0, 1, 2, 3, 4]
+    assert train_command.seed_list("0-2,7") == [0, 1, 2, 7]
+    assert train_command.seed_list("5") == [5]

@@ -9,7 +9,7 @@ from dataclasses import fields
 
 import pytest
 
-import main
+from runner import train_command
 from runner import records
 from conftest import ROOT, make_image_folder, make_mnist
 from runner.settings import Recipe, RunIdentity, Runtime, flag_fields, resumable_names
@@ -56,7 +56,7 @@ def test_a_damaged_config_never_advises_deleting_a_run_whose_checkpoint_loads(cl
 
 
 def test_flags_follow_from_the_settings_types():
-    parser = main.build_parser()
+    parser = train_command.build_parser()
     destinations = {action.dest for action in parser._actions}
     for kind in (Recipe, RunIdentity, Runtime):
         assert {f.name for f in flag_fields(kind)} <= destinations

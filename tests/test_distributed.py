@@ -200,6 +200,54 @@ def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_pat
     assert steps[0] == steps[1] and "interrupted; every finished epoch is kept" in err
 
 
+SLURM_TASK = """import signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from runner import claims, slurm, train_command
+
+out = Path(sys.argv[2])
+
+
+def requeue(signum, frame):  # as submitit's handler: it requeues the task, and the task ends
+    held = sorted(entry.name for entry in out.iterdir() if entry.is_dir() and claims.read_claim(entry))
+    print(f"requeued; claims held: {held}", flush=True)
+    sys.exit(99)
+
+
+signal.signal(signal.SIGUSR2, requeue)
+sys.exit(slurm.Task(train_command.run, sys.argv[3:])(0))
+"""
+
+
+def test_a_slurm_tasks_processes_stop_on_its_requeue_signal_and_release_their_claims_before_it_requeues(tmp_path):
+    """A Slurm task with several GPUs launches its processes (--procs, here on the CPU); the requeue signal reaches
+    the task's launcher, which passes it on: each process stops between two steps and releases its claim, and only
+    then is the task requeued."""
+    data = make_mnist(tmp_path / "data", train=2000)
+    table, script = tmp_path / "table", tmp_path / "task.py"
+    script.write_text(SLURM_TASK)
+    task = subprocess.Popen([sys.executable, script, ROOT, table, "1", "--seeds", "0,1", "--epochs", "500",
+                             "--batch-size", "16", "--data-dir", data, "--out", table, "--procs", "2", "--device",
+                             "cpu", "--threads", "2", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while not all((table / f"v1-seed{seed}" / "checkpoint.pt").exists() for seed in (0, 1)):
+            assert task.poll() is None and time.monotonic() < deadline, task.communicate()
+            time.sleep(0.05)
+        task.send_signal(signal.SIGUSR2)
+        out, err = task.communicate(timeout=120)
+    finally:
+        if task.poll() is None:
+            task.kill()
+    assert task.returncode == 99 and "requeued; claims held: []" in out, (out, err)
+    assert "preempted or timed out; its claim is released, requeueing" in err
+    assert "interrupted; every finished epoch is kept" in err and "Traceback" not in err
+    for seed in (0, 1):
+        done = records.load_checkpoint(table / f"v1-seed{seed}" / "checkpoint.pt")["epoch"]
+        assert 1 <= done < 500 and len(read_metrics(table / f"v1-seed{seed}")) == done
+
+
 def test_a_sync_bn_run_resumed_on_the_cpu_is_a_usage_error(cli, tmp_path):
     run = tmp_path / "run"
     code, _, err = cli("1", "--epochs", 1, "--data-dir", make_mnist(tmp_path / "data"), "--out", run, "--quiet")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from runner import console
-import main
+from runner import train_command
 import train
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics, watch_output_dtypes
 
@@ -29,7 +29,7 @@ def readme_flags() -> set:
 
 def parser_flags() -> set:
     """The flags of the training parser and of ablate's."""
-    return {option for ablate in (False, True) for action in main.build_parser(ablate)._actions
+    return {option for ablate in (False, True) for action in train_command.build_parser(ablate)._actions
             for option in action.option_strings} - {"-h", "--help"}
 
 

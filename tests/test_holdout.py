@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from runner import checks
+from runner import train_command
 from runner import holdout
 from runner import loaders
-import main
 import models
 import train
 from conftest import make_image_folder, read_metrics
@@ -45,9 +46,9 @@ def test_the_held_out_images_are_stratified_disjoint_and_fixed_by_the_holdout_se
 
 def splits_of(cli, data_dir, *flags):
     """The splits a run of version 1 trains and tests on, as train.fit loads them."""
-    parser = main.build_parser()
+    parser = train_command.build_parser()
     args = parser.parse_args(["1", "--data-dir", str(data_dir), *map(str, flags)])
-    main.checks.check_training_args(parser, args)
+    checks.check_training_args(parser, args)
     from runner import commands
     from runner import distributed
 
