@@ -92,6 +92,7 @@ class Copy:
         yield
         if self.model.folder.link("claim", record):
             self.token = record["token"]
+            self.model.last_beat[self.token] = self.model.clock  # a new claim counts as a beat
             return
         self.files.pop("beat." + record["token"], None)
         yield
@@ -110,6 +111,7 @@ class Copy:
             yield
             self.files["claim"] = record
             self.token = record["token"]
+            self.model.last_beat[self.token] = self.model.clock
             yield
             self.files.pop("beat." + current["token"], None)
         yield
@@ -123,7 +125,6 @@ class Copy:
             yield from self.take()
             if self.token is None:
                 continue
-            self.model.last_beat[self.token] = self.model.clock
             beats = 0
             while self.model.done < self.model.epochs:
                 yield
