@@ -19,6 +19,11 @@ sys.path.insert(0, str(ROOT))
 import main  # noqa: E402
 import torch  # noqa: E402
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: real processes, torchrun, Slurm arrays, real data or long searches; "
+                            "-m 'not slow' leaves the quick tier")
+
+
 # One thread: tiny batches gain nothing from more, and on a busy machine OpenMP threads waiting on each other stall.
 torch.set_num_threads(1)
 

@@ -11,6 +11,9 @@ lease once a live copy keeps trying. The one assumption: a checkpoint's check an
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+import pytest
+
+pytestmark = pytest.mark.slow  # real processes, or a long search
 
 LEASE = 6.0
 BEAT_EVERY = LEASE / 6

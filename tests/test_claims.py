@@ -19,6 +19,8 @@ from runner import claims
 from runner.records import CLAIM, RunFolder
 from conftest import ROOT, make_mnist, read_metrics
 
+pytestmark = pytest.mark.slow  # real processes, or a long search
+
 PATCHED = str(ROOT / "tests" / "patched_main.py")
 
 

@@ -14,6 +14,8 @@ from runner import records
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics
 from runner.distributed import free_port
 
+pytestmark = pytest.mark.slow  # real processes, or a long search
+
 MAIN = str(ROOT / "main.py")
 PATCHED = str(ROOT / "tests" / "patched_main.py")
 

@@ -1,5 +1,9 @@
 """Short runs on the real datasets (DATA_DIR: MNIST/, FashionMNIST/ and cifar10-jpeg/); skipped without them."""
+import pytest
+
 from conftest import read_metrics, real_data_dir
+
+pytestmark = pytest.mark.slow  # real data
 
 
 def final_test_accuracy(run_dir) -> float:
