@@ -4,7 +4,7 @@ from pathlib import Path
 
 from runner import train_command
 from configs import VERSIONS
-from conftest import make_image_folder
+from conftest import ROOT, make_image_folder
 
 
 def test_bare_command_prints_usage_and_the_versions(cli):
@@ -46,6 +46,17 @@ def test_help_lists_the_commands(cli):
     assert code == 0
     for word in ("--epochs", "--resume", "eval RUN_DIR", "predict RUN_DIR", "--image-folder", "--loader"):
         assert word in out
+
+
+def test_help_ends_with_where_the_docs_are(cli):
+    for argv in (["--help"], ["ablate", "--help"]):
+        code, out, _ = cli(*argv)
+        assert code == 0
+        last = out.rstrip().splitlines()[-4:]
+        assert last[0] == "documentation, beside main.py:"
+        named = [line.split()[0] for line in last[1:]]
+        assert named == ["README.md", "docs/", "CHANGELOG.md"]
+        assert all((ROOT / name).exists() for name in named)
 
 
 def bad_command_lines(tmp: Path) -> list:
