@@ -5,6 +5,7 @@ what needs no data, then commands.py does the work.
 """
 import argparse
 import sys
+import textwrap
 from dataclasses import MISSING
 from pathlib import Path
 
@@ -69,41 +70,54 @@ def describe_model(recipe: Recipe) -> str:
 
 
 def describe_optimizer(recipe: Recipe) -> str:
-    text = ("Adam" if recipe.optimizer == "adam" else "SGD" + ("-Nesterov" if recipe.nesterov else "")) + \
-        f" {recipe.lr:g}"
+    text = ("Adam" if recipe.optimizer == "adam" else "Nesterov" if recipe.nesterov else "SGD") + f" {recipe.lr:g}"
     return f"Muon {recipe.muon_lr:g} + {text}" if recipe.optimizer == "muon" else text
 
 
+LIST_WIDTH = 120  # every line `list` prints fits a terminal this wide
+REMARK_INDENT = "    "
+
+
 def version_table() -> str:
-    header = ("v", "dataset", "model", "optimizer", "batch", "epochs", "params", "ref train", "ref test", "remark")
+    """The ladder, a version to a line, each row's remark wrapped on the lines under it; then what the reference
+    accuracies are, and each row's ideas over its parent."""
+    header = ("v", "dataset", "model", "optimizer", "batch", "epochs", "params", "train", "test")
     rows = []
     for row in VERSIONS.values():
         recipe, reference = row.recipe, row.reference
         accuracy = [f"{value:.{2 if row.reference_source == 'seed' else 4}f}" for value in reference] \
             if reference else ["-", "-"]
         rows.append((str(row.number), DATASETS[row.dataset].title, describe_model(recipe), describe_optimizer(recipe),
-                     str(recipe.batch_size), str(recipe.epochs), f"{row.params:,}", *accuracy, row.remark))
-    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header) - 1)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]
-             for line in [header, *rows]]
+                     str(recipe.batch_size), str(recipe.epochs), f"{row.params:,}", *accuracy))
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+
+    def aligned(cells: tuple) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+    lines = [aligned(header)]
+    for cells, row in zip(rows, VERSIONS.values()):
+        lines.append(aligned(cells))
+        lines += textwrap.wrap(row.remark, LIST_WIDTH, initial_indent=REMARK_INDENT, subsequent_indent=REMARK_INDENT)
     seed_rows = [n for n, row in VERSIONS.items() if row.reference_source == "seed" and row.reference]
     ours = [n for n, row in VERSIONS.items() if row.reference_source != "seed" and row.reference]
-    footer = f"(ref train/test: the seed's published accuracies for {min(seed_rows)}-{max(seed_rows)}"
+    footer = f"train, test: the reference accuracies, the seed's published ones for {min(seed_rows)}-{max(seed_rows)}"
     if ours:
         footer += f"; for {', '.join(map(str, ours))} our own full runs on the CIFAR-10 JPEG copy (see README.md)"
     if len(ours) + len(seed_rows) < len(VERSIONS):
         footer += "; - : not measured yet"
-    autocast = [str(n) for n, row in VERSIONS.items() if row.autocast]
-    footer += (f".\n {', '.join(autocast)} train in bfloat16 autocast by default where the device computes in it "
-               "(--no-amp: fp32)")
-    ideas = ["", "Each row's ideas over its parent (main.py ablate V takes them out one at a time):"]
+    autocast = ", ".join(str(n) for n, row in VERSIONS.items() if row.autocast)
+    footer += f". {autocast} train in bfloat16 autocast by default where the device computes in it (--no-amp: fp32)."
+    lines += ["", *textwrap.wrap(footer, LIST_WIDTH), "",
+              "Each row's ideas over its parent (main.py ablate V takes them out one at a time):"]
     for row in VERSIONS.values():
         if row.parent is None:
             continue
         change = "" if VERSIONS[row.parent].dataset == row.dataset else f"on {DATASETS[row.dataset].title}; "
         named = "; ".join(f"{idea} ({' '.join(overrides.arm_words(settings))})" for idea, settings in row.ideas.items())
-        ideas.append(f"  {row.number:>2} = {row.parent} + {change}{named or 'no new idea'}")
-    return "\n".join(lines) + "\n" + footer + ")\n" + "\n".join(ideas)
+        start = f"  {row.number:>2} = "
+        lines += textwrap.wrap(f"{start}{row.parent} + {change}{named or 'no new idea'}", LIST_WIDTH,
+                               subsequent_indent=" " * len(start))
+    return "\n".join(lines)
 
 
 def fields_table() -> str:

@@ -1,6 +1,8 @@
 """Pictures of runs: learning curves, the results table's curves, confusion matrices and the most confident
 mistakes. Each function returns a matplotlib figure: `save` renders one as PNG into a file object (which the run
 folder's writer puts in place), and TensorBoard takes the same figures."""
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -14,6 +16,17 @@ def save(figure, f) -> None:
 
 
 SPLIT_NAMES = {"test": "test", "val": "validation (held out)"}
+LABEL_WIDTH, LABEL_ROOM = 40, 100
+
+
+def fitted_label(label: str) -> str:
+    """A row's label as a legend or an axis shows it: wrapped at LABEL_WIDTH characters, and past LABEL_ROOM its
+    middle left out, so that labels differing at either end stay apart. A sweep's arm can be named in over 150
+    characters, which on one line left a plot no room, and matplotlib drew it without laying it out."""
+    if len(label) > LABEL_ROOM:
+        head = (LABEL_ROOM - 1) // 2
+        label = label[:head] + "…" + label[len(label) - (LABEL_ROOM - 1 - head):]
+    return "\n".join(textwrap.wrap(label, LABEL_WIDTH))
 
 
 def curves_figure(metrics: list, reference_test_acc: float | None, title: str, split: str = "test"):
@@ -45,7 +58,7 @@ def results_figure(curves: dict, split: str = "test"):
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
     for axis, (dataset, lines) in zip(axes[0], curves.items()):
         for label, (epochs, accuracy) in lines.items():
-            axis.plot(epochs, accuracy, marker=".", label=label)
+            axis.plot(epochs, accuracy, marker=".", label=fitted_label(label))
         axis.set_title(dataset)
         axis.set_xlabel("epoch")
         axis.set_ylabel(f"{SPLIT_NAMES[split]} accuracy")
@@ -57,17 +70,19 @@ def results_figure(curves: dict, split: str = "test"):
 def differences_figure(comparisons: list):
     """One bar per comparison: the difference of mean accuracy with its 95% interval (paired by seed), zero marked.
     comparisons: [(label, difference, low, high)]."""
-    longest = max(len(label) for label, _, _, _ in comparisons)  # room for the labels beside a plot 5 inches wide
-    figure, axis = plt.subplots(figsize=(5 + 0.08 * longest, 0.5 * len(comparisons) + 1.5))
+    labels = [fitted_label(label) for label, _, _, _ in comparisons]
+    longest = max(len(line) for label in labels for line in label.splitlines())  # room beside a plot 5 inches wide
+    tallest = max(label.count("\n") + 1 for label in labels)
+    figure, axis = plt.subplots(figsize=(5 + 0.1 * longest, max(0.5, 0.2 * tallest) * len(comparisons) + 1.5))
     positions = range(len(comparisons))
     differences = [difference for _, difference, _, _ in comparisons]
     errors = [[difference - low for _, difference, low, _ in comparisons],
               [high - difference for _, difference, _, high in comparisons]]
     axis.barh(positions, differences, xerr=errors, capsize=4, color="tab:blue", alpha=0.7)
     axis.axvline(0, color="black", linewidth=1)
-    axis.set_yticks(list(positions), [label for label, _, _, _ in comparisons])
+    axis.set_yticks(list(positions), labels)
     axis.invert_yaxis()
-    axis.set_xlabel("difference of mean accuracy (95% interval, paired by seed)")
+    axis.set_xlabel("difference of mean accuracy\n(95% interval, paired by seed)")
     axis.grid(axis="x", alpha=0.3)
     return figure
 
@@ -101,7 +116,8 @@ def select_mistakes(outputs, labels, limit: int = 64) -> list:
 def mistakes_figure(images, labels, mistakes: list, classes: list, title: str):
     """A grid of mistaken test images (uint8 (N, C, H, W)), each captioned with its true and predicted class and the
     probability the model gave the prediction. One canvas in one axes: 64 small axes would take seconds to draw,
-    at the end of every run."""
+    at the end of every run. The title is the axes' own, which the layout keeps clear of the canvas: a figure's
+    title sits a fixed fraction of its height down, into the first row on a grid of eight rows."""
     import numpy as np
 
     columns, size = 8, images.shape[-1]
@@ -118,5 +134,5 @@ def mistakes_figure(images, labels, mistakes: list, classes: list, title: str):
                   f"{probability:.2f}", ha="center", va="top", fontsize=8)
     axis.imshow(canvas, interpolation="nearest")
     axis.axis("off")
-    figure.suptitle(title)
+    axis.set_title(title)
     return figure

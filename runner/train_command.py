@@ -17,6 +17,11 @@ GROUP_TITLES = {
     RunIdentity: "fixed for a run (a results folder or --resume refuses a change)",
     Runtime: "runtime (may change on --resume)",
 }
+DOCUMENTATION = """documentation, beside main.py:
+  README.md      what the runner is, setting it up, a first run, the ladder and its results, a map of docs/
+  docs/          a page per task: running and records, experiments, many runs, export, speed, results, design
+  CHANGELOG.md   what each release changed: commands, flags and their meanings, checkpoint formats
+"""
 EXAMPLES = """commands:
   main.py VERSIONS [options]           train and test: 9 | 1,3 | 6-9 | 1,3,6-9 | all
   main.py list                         the version table
@@ -32,7 +37,8 @@ examples:
   python main.py 9
   python main.py 1 --epochs 2 --data-dir ../shared/data
   python main.py 6-13 --image-folder ../shared/data/cifar10-jpeg
-"""
+
+""" + DOCUMENTATION
 
 
 def version_list(text: str) -> list[int]:
@@ -115,7 +121,7 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
             "Test the ideas a version adds to its parent (see: main.py list): V, V without each idea, and the "
             "parent; with --add, the parent and the parent with each idea alone. Every arm trains for V's epochs "
             "into one results folder, and each is compared with V (with --add, with the parent)."),
-            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+            epilog=DOCUMENTATION, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         parser.add_argument("ablated", type=one_version, metavar="V", help="the version whose ideas to test (3-5, "
                             "7-13: those whose parent trains on the same dataset)")
         parser.add_argument("--add", action="store_true", help="add each idea alone to the parent instead of "

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from runner import train_command
 from configs import VERSIONS
-from conftest import make_image_folder
+from conftest import ROOT, make_image_folder
 
 
 def test_bare_command_prints_usage_and_the_versions(cli):
@@ -19,16 +19,26 @@ def test_list_prints_every_version_with_params_and_reference_accuracy(cli):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["v", "dataset", "model", "optimizer", "batch"]
+    text = " ".join(line.strip() for line in lines)  # remarks may be wrapped
     for row in VERSIONS.values():
-        line = lines[row.number]
-        assert line.startswith(str(row.number))
-        assert f"{row.params:,}" in line and row.remark in line
+        line = next(line for line in lines if line.split()[:1] == [str(row.number)])
+        assert f"{row.params:,}" in line and row.remark in text
         if row.reference:
             digits = 2 if row.reference_source == "seed" else 4
-            assert re.search(rf"\b{row.reference[0]:.{digits}f}\s+{row.reference[1]:.{digits}f}\s", line)
-    footer = lines[len(VERSIONS) + 1]
-    assert ("not measured yet" in footer) == any(row.reference is None for row in VERSIONS.values())
-    assert "seed's published accuracies for 1-9" in footer
+            assert re.search(rf"\b{row.reference[0]:.{digits}f}\s+{row.reference[1]:.{digits}f}$", line)
+    assert ("not measured yet" in text) == any(row.reference is None for row in VERSIONS.values())
+    assert "the seed's published ones for 1-9" in text
+
+
+def test_every_line_list_prints_fits_120_columns_and_each_version_starts_its_own(cli):
+    code, out, _ = cli("list")
+    assert code == 0
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    table = lines[1:lines.index("")]
+    firsts = [line for line in table if not line.startswith(" ")]
+    assert [line.split()[0] for line in firsts] == [str(number) for number in VERSIONS]
+    assert all(line.startswith("    ") for line in table if line not in firsts)  # remarks, under the dataset
 
 
 def test_help_lists_the_commands(cli):
@@ -36,6 +46,17 @@ def test_help_lists_the_commands(cli):
     assert code == 0
     for word in ("--epochs", "--resume", "eval RUN_DIR", "predict RUN_DIR", "--image-folder", "--loader"):
         assert word in out
+
+
+def test_help_ends_with_where_the_docs_are(cli):
+    for argv in (["--help"], ["ablate", "--help"]):
+        code, out, _ = cli(*argv)
+        assert code == 0
+        last = out.rstrip().splitlines()[-4:]
+        assert last[0] == "documentation, beside main.py:"
+        named = [line.split()[0] for line in last[1:]]
+        assert named == ["README.md", "docs/", "CHANGELOG.md"]
+        assert all((ROOT / name).exists() for name in named)
 
 
 def bad_command_lines(tmp: Path) -> list:

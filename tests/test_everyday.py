@@ -1,8 +1,10 @@
 """Everyday use: TensorBoard logs, a start-up that imports only what the first step needs, image folders of any
-size (--resize), and the mistakes a saved run makes."""
+size (--resize), the mistakes a saved run makes, and pictures laid out whatever their labels."""
 import csv
+import io
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 from runner import records
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics
 from data import DataSource, load_split
+from runner import plots
 from runner.plots import select_mistakes
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -199,3 +202,32 @@ def test_mistakes_are_the_wrong_predictions_most_confident_first():
     chosen = select_mistakes(outputs, labels, limit=3)
     assert [(index, predicted) for index, predicted, _ in chosen] == [(0, 0), (3, 1), (2, 0)]
     assert [probability for _, _, probability in chosen] == pytest.approx([0.9, 0.7, 0.6])
+
+
+def test_the_mistakes_pictures_title_stays_above_its_images():
+    """A grid of eight rows is 18 inches tall: its title was drawn over the first row's images and captions."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    shown = 64
+    images = torch.zeros((shown, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.zeros(shown, dtype=torch.long)
+    title = "Version 13: the most confident mistakes"
+    figure = plots.mistakes_figure(images, labels, [(index, 1, 0.99) for index in range(shown)],
+                                   ["cat", "dog"], title)
+    plots.save(figure, io.BytesIO())
+    renderer = FigureCanvasAgg(figure).get_renderer()  # save closed the figure's own canvas
+    drawn = figure.findobj(lambda artist: isinstance(artist, Text) and artist.get_text() == title)[0]
+    title_box, grid_box = drawn.get_window_extent(renderer), figure.axes[0].get_window_extent(renderer)
+    assert grid_box.y1 <= title_box.y0 and title_box.y1 <= figure.bbox.y1
+
+
+@pytest.mark.parametrize("draw", [
+    lambda label: plots.results_figure({"CIFAR-10": {label: ([1, 2], [0.5, 0.6]), "v11": ([1, 2], [0.4, 0.5])}}),
+    lambda label: plots.differences_figure([(f"{label} - v11", 0.01, -0.01, 0.02), ("v12 - v11", 0.02, 0.0, 0.04)]),
+], ids=["results", "differences"])
+def test_pictures_are_laid_out_around_an_arm_named_in_150_characters(draw):
+    """matplotlib warned "Tight layout not applied" on stderr and drew the plot squeezed or cut off."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.save(draw("W" * 150), io.BytesIO())
