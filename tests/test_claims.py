@@ -230,3 +230,14 @@ def test_slurm_without_slurm_is_one_line_and_makes_nothing(cli, tmp_path, data, 
     assert not (tmp_path / "t").exists() and not (tmp_path / "runs").exists()
     code, _, err = cli("1", "--data-dir", data, "--slurm")
     assert code == 2 and "--slurm submits several runs" in err
+
+
+def test_an_unreadable_claim_lapses_after_the_readers_lease(tmp_path):
+    """A claim overwritten with garbage names no lease: the reader's own (--lease) judges it, not the default."""
+    (tmp_path / CLAIM).write_bytes(b"\0damaged\n")
+    watcher = claims.Watcher(lease=0.3)
+    assert watcher.take(tmp_path) is None
+    time.sleep(0.4)
+    taker = watcher.take(tmp_path)
+    assert taker is not None and claims.read_claim(tmp_path)["token"] == taker.record["token"]
+    taker.release()
