@@ -321,7 +321,7 @@ class Watcher:
             return True
         return self.unchanged_for(Path(folder) / CLAIM, record, self.lease_for(record))
 
-    def lease_for(self, record: dict) -> float:
+    def lease_for(self, record: dict | None) -> float:
         """The lease a claim is judged by: the one it carries; for a claim that does not parse (no owner wrote it),
         this process's own."""
         return lease_of(record) if record else self.lease

@@ -178,7 +178,7 @@ def start_over(folders: list, runs: list, lease: float) -> None:
             if not pending:
                 break
             if live:
-                longest = max(claims.lease_of(record) for _, record in live)
+                longest = max(watcher.lease_for(record) for _, record in live)
                 if deadline is None:
                     say(f"--force: {len(live)} run(s) are claimed; watching their heartbeats for up to {longest:g} s")
                     deadline = time.monotonic() + longest + 2 * claims.poll_interval(longest)
@@ -215,7 +215,7 @@ def claim_run(folder: Path, lease: float) -> claims.Claim:
                 say(f"{folder} is claimed by {claims.owner_text(record)}; waiting for its heartbeat: it is taken over "
                     f"at {until:%H:%M:%S} if it stands still until then")
         STOP.check()
-        time.sleep(claims.poll_interval(claims.lease_of(record or {})))
+        time.sleep(claims.poll_interval(watcher.lease_for(record)))
         claim = watcher.take(folder)
     return claim
 
@@ -282,7 +282,7 @@ def watch(watcher: claims.Watcher, folders: list, lease: float) -> list:
         until = datetime.fromtimestamp(max(watcher.stale_at(path, claim) for path, claim in live))
         say(f"Waiting for {len(live)} run(s) other copies train (first: {folder}, by {claims.owner_text(record)}); "
             f"a run whose owner's heartbeat stands still until {until:%H:%M:%S} is taken over then")
-    deadline = time.monotonic() + max([lease, *(claims.lease_of(record) for _, record in live)])
+    deadline = time.monotonic() + max([lease, *(watcher.lease_for(record) for _, record in live)])
     while len(live) == len(folders) and time.monotonic() < deadline:
         STOP.check()
         time.sleep(claims.poll_interval(lease))

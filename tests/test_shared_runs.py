@@ -221,3 +221,17 @@ def test_a_run_folder_keeps_its_config_while_it_is_cleared(cli, mnist_dir, tmp_p
     code, _, err = cli(*table(mnist_dir, out), "--force")
     assert code == 0, err
     assert len(seen) == 6 and all(line.startswith("2 runs:") for line in seen), seen
+
+
+def test_force_waits_for_a_damaged_claim_no_longer_than_its_own_lease(cli, mnist_dir, tmp_path):
+    out = tmp_path / "t"
+    assert cli(*table(mnist_dir, out))[0] == 0
+    (out / "v1-seed0" / CLAIM).write_bytes(b"\0damaged\n")
+    owner = claims.Watcher(lease=1).take(out / "v1-seed1")
+    started = time.monotonic()
+    try:
+        code, _, err = cli(*table(mnist_dir, out), "--force", "--lease", 1)
+    finally:
+        owner.release()
+    assert code == 1 and "--force" in err and f"pid {os.getpid()}" in err, err
+    assert time.monotonic() - started < 30  # not the default lease of 180 s
