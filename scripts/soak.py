@@ -274,7 +274,7 @@ class Round:
             causes = self.explained(role, process.pid)
             allowed = [words for cause in causes for words in REFUSALS.get(cause, ())]
             for line in err.splitlines():
-                if line.startswith("error:") and not any(words in line for words in allowed):
+                if line.startswith("error:") and not any(words in line for words in (*allowed, *FORBIDDEN)):
                     self.violations.append(f"{name}: {line}")
             codes = {"repeat": {0, 1} if self.damaged else {0}, "retry": {0}}.get(role, {0, 1, 3})
             codes |= {143, -signal.SIGTERM} if "SIGTERM" in causes else set()

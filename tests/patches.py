@@ -185,12 +185,12 @@ def snapshot_before_clearing() -> None:
     clear = records.RunFolder.clear
     snapshot = Path(os.environ["PROBE_DIR"]) / f"cleared-{os.getpid()}"
 
-    def clear_after_snapshot(folder):
+    def clear_after_snapshot(folder, *args, **kwargs):
         if not snapshot.exists():  # the first clear is --force's, before the table starts
             probe = Path(os.environ["PROBE_DIR"])
             snapshot.write_text(json.dumps({path.name: len(path.read_text().splitlines())
                                             for path in probe.glob("epochs-*")}))
-        clear(folder)
+        clear(folder, *args, **kwargs)
 
     records.RunFolder.clear = clear_after_snapshot
 
