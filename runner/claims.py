@@ -89,7 +89,7 @@ def read_beat(folder: Path, token) -> int | None:
 
 def read_record(path: Path) -> dict | None:
     """A claim file's record, or None when there is none. Claims are written whole, so one that does not parse is
-    foreign: it is read as an owner that never beats (and so lapses after a lease)."""
+    foreign: it is read as an owner that never beats (and so lapses after the reader's lease)."""
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
@@ -319,7 +319,12 @@ class Watcher:
             return True
         if owner_gone(record):
             return True
-        return self.unchanged_for(Path(folder) / CLAIM, record, lease_of(record))
+        return self.unchanged_for(Path(folder) / CLAIM, record, self.lease_for(record))
+
+    def lease_for(self, record: dict | None) -> float:
+        """The lease a claim is judged by: the one it carries; for a claim that does not parse (no owner wrote it),
+        this process's own."""
+        return lease_of(record) if record else self.lease
 
     def stale_at(self, folder: Path, record: dict) -> float:
         """When (time.time()) the claim lapses if its heartbeat stands still from now on, as far as this process
@@ -327,7 +332,7 @@ class Watcher:
         key = (record.get("token"), record.get("beat"))
         seen = self.seen.get(Path(folder) / CLAIM)
         first = seen[1] if seen and seen[0] == key else time.monotonic()
-        return time.time() + first + lease_of(record) - time.monotonic()
+        return time.time() + first + self.lease_for(record) - time.monotonic()
 
     def take(self, folder: Path) -> Claim | None:
         """A claim on the run folder for this process: a free one, or one taken over from a dead owner; None when

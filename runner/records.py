@@ -168,13 +168,14 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
         self.clear()
 
-    def clear(self) -> None:
+    def clear(self, keep_config: bool = False) -> None:
         """Remove this tool's record files (only those: the folder may hold the user's own files too), except
-        the claim of the process about to train the run."""
+        the claim of the process about to train the run and, with keep_config, config.json (a table's run folder
+        keeps it, so that other copies and `status` see the run while it starts over)."""
         if not self.writer or not self.path.is_dir():
             return
         for entry in self.path.iterdir():
-            if is_claim_file(entry.name):
+            if is_claim_file(entry.name) or keep_config and entry.name == CONFIG:
                 continue
             if entry.name in RUN_FILES or entry.name.startswith(EVENT_FILES) or is_ours_hidden(entry.name):
                 entry.unlink()

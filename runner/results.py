@@ -136,7 +136,7 @@ def place_runs(results_dir: Path, runs: list, seeds_given: bool, force: bool = F
                                       and (config.recipe.epochs == run.recipe.epochs or not exact)), None)
     folders = [RunFolder(path or results_dir / run_name(run, seeds_given)) for path, run in zip(placed, runs)]
     if force:
-        start_over(folders, lease)
+        start_over(folders, runs, lease)
     for run, folder in zip(runs, folders):
         if (folder / CONFIG).exists():
             check_same_run(folder, run)
@@ -161,9 +161,9 @@ def damaged(folder: RunFolder) -> bool:
     return False
 
 
-def start_over(folders: list, lease: float) -> None:
-    """--force: clear every planned run folder while this process holds each one's claim, so that no copy trains
-    one meanwhile. A live claim is waited for up to its lease (the longest of those met); one whose owner died is
+def start_over(folders: list, runs: list, lease: float) -> None:
+    """--force: clear every planned run folder and write its run's config.json, while this process holds each
+    one's claim, so that no copy trains one meanwhile. A live claim is waited for up to its lease (the longest of those met); one whose owner died is
     taken over, as any copy would."""
     watcher, held, pending = claims.Watcher(lease), [], list(folders)
     deadline = None
@@ -178,7 +178,7 @@ def start_over(folders: list, lease: float) -> None:
             if not pending:
                 break
             if live:
-                longest = max(claims.lease_of(record) for _, record in live)
+                longest = max(watcher.lease_for(record) for _, record in live)
                 if deadline is None:
                     say(f"--force: {len(live)} run(s) are claimed; watching their heartbeats for up to {longest:g} s")
                     deadline = time.monotonic() + longest + 2 * claims.poll_interval(longest)
@@ -188,8 +188,9 @@ def start_over(folders: list, lease: float) -> None:
                                       "copy first, or run without --force (nothing was changed)")
             STOP.check()
             time.sleep(claims.poll_interval(lease))
-        for folder in folders:
-            folder.clear()
+        for folder, run in zip(folders, runs):
+            folder.clear(keep_config=True)
+            folder.write_config(run)
     finally:
         for claim in held:
             claim.release()
@@ -214,7 +215,7 @@ def claim_run(folder: Path, lease: float) -> claims.Claim:
                 say(f"{folder} is claimed by {claims.owner_text(record)}; waiting for its heartbeat: it is taken over "
                     f"at {until:%H:%M:%S} if it stands still until then")
         STOP.check()
-        time.sleep(claims.poll_interval(claims.lease_of(record or {})))
+        time.sleep(claims.poll_interval(watcher.lease_for(record)))
         claim = watcher.take(folder)
     return claim
 
@@ -281,7 +282,7 @@ def watch(watcher: claims.Watcher, folders: list, lease: float) -> list:
         until = datetime.fromtimestamp(max(watcher.stale_at(path, claim) for path, claim in live))
         say(f"Waiting for {len(live)} run(s) other copies train (first: {folder}, by {claims.owner_text(record)}); "
             f"a run whose owner's heartbeat stands still until {until:%H:%M:%S} is taken over then")
-    deadline = time.monotonic() + max([lease, *(claims.lease_of(record) for _, record in live)])
+    deadline = time.monotonic() + max([lease, *(watcher.lease_for(record) for _, record in live)])
     while len(live) == len(folders) and time.monotonic() < deadline:
         STOP.check()
         time.sleep(claims.poll_interval(lease))
@@ -309,7 +310,7 @@ def train_claimed(run: RunConfig, folder: RunFolder, claim: claims.Claim, train,
     another process took it over. Before each checkpoint, the claim (and the --fail-fast mark) is checked."""
     done = folder.epochs_done()
     if not done:
-        folder.prepare(force=True)
+        folder.clear(keep_config=True)
         folder.write_config(run)
     say(f"\n== {describe(run)}: {DATASETS[run.dataset].title}, {run.recipe.model} "
         f"({'resuming after epoch ' + str(done) if done else 'new'}) -> {folder.path}")

@@ -10,12 +10,25 @@ PATCH in the environment names one:
   names of the files it wrote;
 - wrap: every process writes to PROBE_DIR/wrap-rank{RANK} the process group's backend and the kinds of BatchNorm
   in the model it trains (for the CUDA test of NCCL and --sync-bn);
-- epochs: every process appends "RUN_FOLDER EPOCH" to PROBE_DIR/epochs-PID for each epoch it finishes, and each
-  training step sleeps STEP_DELAY seconds (so that a test can stop a run in the middle).
+- epochs: every process appends "RUN_FOLDER EPOCH" to PROBE_DIR/epochs-PID for each epoch it finishes, and
+  "RUN_FOLDER EPOCH RECORDED" to PROBE_DIR/begun-PID as it begins one (RECORDED: the epochs metrics.csv holds then),
+  and each training step sleeps STEP_DELAY seconds (so that a test can stop a run in the middle);
+- windows: the moments where a crash hurts most last WINDOW_DELAY seconds (default 0.15): a claim's (or takeover
+  lock's) file written but not linked, a claim linked but not beating yet (a lock just taken), a takeover or release
+  holding the folder's lock, a run folder being cleared (its hparams/ removed) or just cleared, and a run folder's
+  file (config.json, checkpoint.pt, metrics.csv, failed.txt) written but not yet in place; PROBE_DIR/window-PID
+  names the moment while the process is inside it (so that a kill can land there);
+- cleared: the process writes PROBE_DIR/cleared-PID, the line count of every PROBE_DIR/epochs-* file, as --force
+  (holding every claim) clears the first run folder, so that epochs trained before can be told from those after;
+- unguarded: a defect, for checking that the soak test catches one: claims are taken whoever holds them, and an
+  owner never finds it lost its claim.
+
+PATCH may name several, separated by commas.
 """
 import atexit
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -53,6 +66,8 @@ def counted_step(*args):
 
 
 def recorded_epoch(state, run, folder, *args):
+    with open(Path(os.environ["PROBE_DIR"]) / f"begun-{os.getpid()}", "a") as f:
+        f.write(f"{folder.path.name} {args[-3]} {folder.epochs_recorded()}\n")
     finished = run_epoch(state, run, folder, *args)
     with open(Path(os.environ["PROBE_DIR"]) / f"epochs-{os.getpid()}", "a") as f:
         f.write(f"{folder.path.name} {args[-3]}\n")
@@ -112,8 +127,99 @@ def save_then_die(folder, state):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def apply(patch: str) -> None:
-    """Put the named probe or fault in place (see the module's docstring)."""
+WINDOW_FILES = (records.CONFIG, records.CHECKPOINT, records.METRICS, records.FAILED)
+
+
+def pause_in(window: str) -> None:
+    marker = Path(os.environ["PROBE_DIR"]) / f"window-{os.getpid()}"
+    marker.write_text(window)
+    time.sleep(float(os.environ.get("WINDOW_DELAY", 0.15)))
+    marker.unlink()
+
+
+def paused_after(window: str, function):
+    def paused(*args, **kwargs):
+        result = function(*args, **kwargs)
+        pause_in(window)
+        return result
+
+    return paused
+
+
+def paused_before(window: str, function):
+    def paused(*args, **kwargs):
+        pause_in(window)
+        return function(*args, **kwargs)
+
+    return paused
+
+
+def widen_windows() -> None:
+    from runner import claims, files
+
+    atomic_write = files.atomic_write
+
+    def paused_write(path, write, verify=None):
+        def write_then_pause(f):
+            write(f)
+            if Path(path).name in WINDOW_FILES:
+                pause_in(f"writing {Path(path).name}")
+
+        atomic_write(path, write_then_pause, verify)
+
+    files.atomic_write = records.atomic_write = paused_write
+    claims.written = paused_after("claim or lock file written, not linked", claims.written)
+    claims.link_new = paused_after("claim or lock linked", claims.link_new)
+    claims.Claim.replace = paused_before("taking over under the lock", claims.Claim.replace)
+    claims.Lock.release = paused_before("releasing the lock", claims.Lock.release)
+    records.RunFolder.clear = paused_after("run folder cleared", records.RunFolder.clear)
+    rmtree = shutil.rmtree
+
+    def paused_rmtree(path, *args, **kwargs):
+        if Path(path).name == records.HPARAMS_RUN:
+            pause_in("clearing a run folder")
+        rmtree(path, *args, **kwargs)
+
+    shutil.rmtree = paused_rmtree
+
+
+def snapshot_before_clearing() -> None:
+    clear = records.RunFolder.clear
+    snapshot = Path(os.environ["PROBE_DIR"]) / f"cleared-{os.getpid()}"
+
+    def clear_after_snapshot(folder, *args, **kwargs):
+        if not snapshot.exists():  # the first clear is --force's, before the table starts
+            probe = Path(os.environ["PROBE_DIR"])
+            snapshot.write_text(json.dumps({path.name: len(path.read_text().splitlines())
+                                            for path in probe.glob("epochs-*")}))
+        clear(folder, *args, **kwargs)
+
+    records.RunFolder.clear = clear_after_snapshot
+
+
+def take_unguarded(watcher, folder):
+    from runner import claims
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    claim = claims.Claim(Path(folder), watcher.lease)
+    claim.replace()
+    return claim.start()
+
+
+def remove_claim_checks() -> None:
+    from runner import claims
+
+    claims.Watcher.take = take_unguarded
+    claims.Claim.check = lambda claim: None
+
+
+def apply(patches: str) -> None:
+    """Put the named probes or faults in place (see the module's docstring)."""
+    for patch in patches.split(","):
+        apply_one(patch)
+
+
+def apply_one(patch: str) -> None:
     if patch == "weights":
         records.RunFolder.save_checkpoint = save_with_weights
     elif patch == "fail":
@@ -130,3 +236,9 @@ def apply(patch: str) -> None:
         (Path(os.environ["PROBE_DIR"]) / f"pid-rank{RANK}").write_text(str(os.getpid()))
         train.train_step = counted_step
         atexit.register(write_steps)
+    elif patch == "windows":
+        widen_windows()
+    elif patch == "cleared":
+        snapshot_before_clearing()
+    elif patch == "unguarded":
+        remove_claim_checks()

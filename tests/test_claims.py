@@ -267,3 +267,14 @@ def test_slurm_asks_for_amp_or_no_amp_where_the_tasks_devices_would_choose_it(cl
     code, _, err = cli("ablate", "13", "--seeds", "0,1", "--out", tmp_path / "t", "--slurm")
     assert code == 2 and "--slurm: version 12 trains in bfloat16 autocast" in err.strip().splitlines()[-1]
     assert not (tmp_path / "t").exists()
+
+
+def test_an_unreadable_claim_lapses_after_the_readers_lease(tmp_path):
+    """A claim overwritten with garbage names no lease: the reader's own (--lease) judges it, not the default."""
+    (tmp_path / CLAIM).write_bytes(b"\0damaged\n")
+    watcher = claims.Watcher(lease=0.3)
+    assert watcher.take(tmp_path) is None
+    time.sleep(0.4)
+    taker = watcher.take(tmp_path)
+    assert taker is not None and claims.read_claim(tmp_path)["token"] == taker.record["token"]
+    taker.release()

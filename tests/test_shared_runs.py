@@ -202,3 +202,36 @@ def test_a_file_system_without_hard_links_is_one_line_saying_so(cli, mnist_dir, 
     monkeypatch.setattr(os, "link", unsupported)
     code, _, err = cli(*table(mnist_dir, tmp_path / "t"))
     assert code == 1 and "hard links" in err and "one copy" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_folder_keeps_its_config_while_it_is_cleared(cli, mnist_dir, tmp_path, monkeypatch):
+    """A new run's folder is cleared before it trains, and --force clears every run: config.json stays meanwhile,
+    so `status` and the other copies see the whole table (a copy killed there leaves it whole too)."""
+    from runner.status import status_lines
+
+    out, seen, clear = tmp_path / "t", [], RunFolder.clear
+
+    def clear_and_look(folder, *args, **kwargs):
+        clear(folder, *args, **kwargs)
+        results.prepare_results_folder(out)
+        seen.append(status_lines(out)[-1])
+
+    monkeypatch.setattr(RunFolder, "clear", clear_and_look)
+    assert cli(*table(mnist_dir, out))[0] == 0
+    code, _, err = cli(*table(mnist_dir, out), "--force")
+    assert code == 0, err
+    assert len(seen) == 6 and all(line.startswith("2 runs:") for line in seen), seen
+
+
+def test_force_waits_for_a_damaged_claim_no_longer_than_its_own_lease(cli, mnist_dir, tmp_path):
+    out = tmp_path / "t"
+    assert cli(*table(mnist_dir, out))[0] == 0
+    (out / "v1-seed0" / CLAIM).write_bytes(b"\0damaged\n")
+    owner = claims.Watcher(lease=1).take(out / "v1-seed1")
+    started = time.monotonic()
+    try:
+        code, _, err = cli(*table(mnist_dir, out), "--force", "--lease", 1)
+    finally:
+        owner.release()
+    assert code == 1 and "--force" in err and f"pid {os.getpid()}" in err, err
+    assert time.monotonic() - started < 30  # not the default lease of 180 s

@@ -1,0 +1,35 @@
+"""The soak test of shared results folders (scripts/soak.py) in short: one round passes with faults injected and no
+violation, and a defect that lets two copies train one run is caught."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def soak(tmp_path, *argv, **environment) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--out",
+                           str(tmp_path / "soak"), *argv], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, **environment))
+    return done.returncode, done.stdout + done.stderr
+
+
+def counted(what: str, output: str) -> int:
+    return int(re.search(rf"^{what}: (\d+)$", output, re.MULTILINE).group(1))
+
+
+@pytest.mark.slow
+def test_a_round_of_faults_loses_and_doubles_nothing(tmp_path):
+    code, output = soak(tmp_path, "--seed", "5")
+    assert code == 0, output
+    assert counted("faults injected", output) > 0 and counted("violations", output) == 0, output
+
+
+@pytest.mark.slow
+def test_copies_that_ignore_each_others_claims_are_caught(tmp_path):
+    code, output = soak(tmp_path, "--seed", "5", "--copies", "2", SOAK_DEFECT="unguarded")
+    assert code == 1 and counted("violations", output) > 0, output
+    assert "was trained to its end" in output, output
