@@ -69,7 +69,7 @@ def run_config(version: int, args, seed: int, device, group, arm: dict, base: Re
                idea: str = "") -> RunConfig:
     """A version's run as the command line asks for it, in one arm of its --set settings; an ablation's arm
     starts from its own recipe (`base`) instead of the version's, and trains in the ablated version's numerics."""
-    from data import DataSource, data_identity
+    from runner.sources import DataSource, data_identity
     from runner.devices import resolve_amp
 
     row, values = VERSIONS[version], vars(args)
@@ -255,7 +255,7 @@ def resume(parser, args, progress: Progress) -> None:
 def continue_run(run: RunConfig, folder: RunFolder, changes: dict, device, group, args, progress: Progress) -> None:
     """Every process of a resumed run meets the same failures here."""
     import train
-    from data import DataSource, data_identity
+    from runner.sources import DataSource, data_identity
 
     for name in ("data_dir", "image_folder", "cache_dir"):
         if name in changes:
@@ -286,7 +286,7 @@ def run_saved(parser, args, command: str) -> None:
     folder = RunFolder(Path(args.run_dir))
     run = folder.read_config()
     from runner import saved
-    from data import DataSource
+    from runner.sources import DataSource
 
     if command == "export":
         export_model(folder, run, args)
@@ -316,7 +316,7 @@ def run_saved(parser, args, command: str) -> None:
 def export_model(folder: RunFolder, run: RunConfig, args) -> None:
     """export: the run's model as ONNX, checked in ONNX Runtime, and what the check found."""
     from runner import export
-    from data import DataSource
+    from runner.sources import DataSource
 
     out = Path(args.onnx_out) if args.onnx_out else folder.path / export.MODEL_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
