@@ -11,6 +11,7 @@ from pathlib import Path
 from runner import claims
 from runner import distributed
 from runner import overrides
+from runner import placement
 from configs import VERSIONS
 from runner.cli_words import command_words
 from runner.console import EXIT_CODES, STOP, Stopped
@@ -193,7 +194,7 @@ def train_one(run: RunConfig, args, group, progress: Progress) -> None:
     from runner import results
     import train
 
-    name = results.arm_label(run)
+    name = placement.arm_label(run)
     path = Path(args.out or distributed.on_first(
         "choosing the run folder", lambda: str(RunFolder.new(Path("runs"), name).path)))
     folder = RunFolder(path, writer=group.rank == 0)
