@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from runner import checks
 from runner import claims
 from runner import distributed
 from runner import overrides
@@ -89,10 +90,8 @@ def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, 
         return distributed.SOLO
     if distributed.restarts_allowed() and not (args.out or args.resume):
         parser.error("torchrun --max-restarts: give --out, so that restarted processes continue the same folder")
-    world = distributed.environment("WORLD_SIZE")
-    uneven = sorted(size for size in batch_sizes if size % world)
-    if data_parallel and uneven:
-        parser.error(f"--batch-size {uneven[0]} does not divide among {world} processes: give a multiple of {world}")
+    if data_parallel:
+        checks.check_batch_division(parser, batch_sizes, distributed.environment("WORLD_SIZE"))
     distributed.start(device)
     if marker and not distributed.restart_count() and distributed.is_writer():
         marker.unlink(missing_ok=True)

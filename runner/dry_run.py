@@ -19,15 +19,21 @@ from runner.records import CONFIG, RunFolder
 from runner.settings import DATASETS, RunConfig
 from runner.sources import DataSource, data_identity, dataset_files
 
-TIMES = 'Times: the version\'s seconds per epoch measured on README\'s 2-core CPU, times the epochs left ("unknown": none measured)'
+TIMES = ("Times: the version's seconds per epoch measured on README's 2-core CPU, times the epochs left "
+         '("unknown": none measured)')
 
 
 def plan_lines(parser: argparse.ArgumentParser, args: argparse.Namespace, processes: int) -> list[str]:
     """The plan of a checked training command (VERSIONS or ablate V) to be run in `processes` processes."""
     lines = ["Dry run: nothing is trained, written, launched or submitted."]
+
+    def autocast(by_default: bool) -> bool | None:
+        """--amp or --no-amp as given; else off, or left to the device (None) for a version that autocasts where
+        the device computes in bfloat16."""
+        return args.amp if args.amp is not None else None if by_default else False
+
     try:
-        runs = plan.runs(args, lambda by_default: (None if by_default else False) if args.amp is None else args.amp,
-                         {"device": args.device or "auto"})
+        runs = plan.runs(args, autocast, {"device": args.device or "auto"})
     except DataError as error:
         return lines + [f"Data: {error}; the command would stop there"]
     lines.append(f"Device: {args.device or 'auto'} (not looked up: that needs torch; the command checks it first)")
@@ -54,7 +60,8 @@ def slurm_line(args: argparse.Namespace, runs: int) -> str:
 
         slurm.check_cluster(args.slurm_executor)
     except ImportError as error:
-        return f"Slurm: {error.name or 'submitit'} is not installed (pip install -r requirements.txt); the command would stop there"
+        return f"Slurm: {error.name or 'submitit'} is not installed (pip install -r requirements.txt); the " \
+               "command would stop there"
     except RunnerError as error:
         return f"Slurm: {str(error).removeprefix('--slurm: ')}; the command would stop there"
     where = "submitit's local executor, on this machine" if args.slurm_executor == "local" else "Slurm"
@@ -137,11 +144,11 @@ def table_row(args: argparse.Namespace, run: RunConfig, folder: RunFolder) -> Ro
         try:
             changes = placement.run_differences(folder.read_config(), run)
         except CheckpointError as error:
-            return Row(row.name, "refused", f"{error}; the command stops there", epochs, epochs, run.version)
+            return Row(row.name, "refused", f"{error}; the command stops there", epochs, 0, run.version)
         if changes:
             name, theirs, ours = changes[0]
             return Row(row.name, "refused", f"holds another run ({name}={theirs!r}, this command asks {ours!r}): "
-                       "the command refuses it (--force starts it over)", epochs, epochs, run.version)
+                       "the command refuses it (--force starts it over)", epochs, 0, run.version)
     if kind == "failed":
         row.state += "; --retry-failed trains it again" if args.retry_failed else "; skipped"
         row.left = epochs - done if args.retry_failed else 0
@@ -168,8 +175,10 @@ def single_row(args: argparse.Namespace, run: RunConfig, lines: list) -> list:
     if folder.has_checkpoint() and not args.force:
         return [Row(name, "refused", f"{state}: the command refuses it (continue it with --resume {folder.path}, or "
                     "add --force to start over)", epochs, 0, run.version)]
-    if kind in ("finished", "partial", "failed"):  # without a checkpoint too: the folder is cleared for the run
-        state += "; --force starts it over" if folder.has_checkpoint() else "; started over (no checkpoint in it)"
+    if folder.has_checkpoint():
+        state += "; --force starts it over"
+    elif kind in ("finished", "partial", "failed"):  # records without a checkpoint: cleared for the new run
+        state += "; started over (no checkpoint in it)"
     if record is not None and not claims.owner_gone(record):
         state += "; the command refuses it while its owner trains it" if claims.owner_alive(record) else \
             "; the command waits for its heartbeat to stand still for a lease, then takes it over"
@@ -201,8 +210,9 @@ def total_line(rows: list) -> str:
     unknown = sum(1 for row in rows if row.left and VERSIONS[row.version].epoch_seconds is None)
     seconds = round(sum(known))
     work = f"~{seconds:,} s of training{duration(seconds)}" if known else "nothing to train"
+    refused = "; as it stands the command refuses to start" if any(row.kind == "refused" for row in rows) else ""
     return f"Total: {len(rows)} run(s) ({counts}); {work}" + (
-        f", and {unknown} run(s) of unknown time" if unknown else "")
+        f", and {unknown} run(s) of unknown time" if unknown else "") + refused
 
 
 def duration(seconds: int) -> str:

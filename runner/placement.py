@@ -11,6 +11,7 @@ from runner.overrides import arm_words
 from runner.records import RunFolder
 from runner.settings import RunConfig, differences
 
+RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
 NAME_LIMIT = 120  # characters of a run folder's name: file systems refuse names past 255 bytes
 STAMP = len("-YYYYmmdd-HHMMSS-99")  # what RunFolder.new adds to a single run's name
 
@@ -87,3 +88,11 @@ def match_folders(results_dir: Path, runs: list, seeds_given: bool) -> list:
                                       and not run_differences(config, run)
                                       and (config.recipe.epochs == run.recipe.epochs or not exact)), None)
     return [RunFolder(path or results_dir / run_name(run, seeds_given)) for path, run in zip(placed, runs)]
+
+
+def foreign_entry(results_dir: Path) -> str | None:
+    """The first entry of an existing results folder that no run of this tool wrote (a table refuses the folder),
+    or None."""
+    return next((entry.name for entry in sorted(results_dir.iterdir()) if not (
+        entry.name in RESULT_FILES or entry.name.startswith(".")
+        or (entry.is_dir() and (RunFolder(entry).is_ours() or RunFolder(entry).is_unstarted())))), None)

@@ -12,12 +12,11 @@ from runner.console import STOP
 from runner.distributed import say
 from runner.errors import CheckpointError, RunnerError
 from runner.overrides import apply, arm_words
-from runner.placement import arm_label, match_folders, run_differences
+from runner.placement import arm_label, foreign_entry, match_folders, run_differences
 from runner.files import atomic_write, write_text
 from runner.records import CHECKPOINT, CONFIG, FAILED, RunFolder
 from runner.settings import DATASETS, RunConfig
 
-RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
 FAIL_FAST = ".fail-fast"  # a run failed under --fail-fast: every copy started with it stops
 # After the twelve: the arm, why a row lacks runs, the held-out accuracy (--holdout), then the statistics of the
 # accuracy compared (test, or val under --holdout): its 95% interval and the row's difference with another row.
@@ -43,11 +42,9 @@ def prepare_results_folder(path: Path) -> None:
     """A results folder is new, empty, or holds only run folders of ours and results files; anything else is
     refused before anything is written."""
     if path.exists():
-        foreign = [entry.name for entry in path.iterdir() if not (
-            entry.name in RESULT_FILES or entry.name.startswith(".")
-            or (entry.is_dir() and (RunFolder(entry).is_ours() or RunFolder(entry).is_unstarted())))]
+        foreign = foreign_entry(path)
         if foreign:
-            raise RunnerError(f"{path} is not a results folder (it holds {foreign[0]}, which no run of this tool "
+            raise RunnerError(f"{path} is not a results folder (it holds {foreign}, which no run of this tool "
                               "wrote): give --out a new or empty folder (nothing in it was changed)")
     else:
         path.mkdir(parents=True)
@@ -66,10 +63,10 @@ def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
 
 def place_runs(results_dir: Path, runs: list, seeds_given: bool, force: bool = False,
                lease: float = claims.DEFAULT_LEASE, retry_failed: bool = False) -> list:
-    """Each planned run's folder (as a path), as placement.match_folders finds it. A run folder that holds another run of the same name refuses the command before anything changes (with force:
-    everything starts over, once no process trains any of them; with retry_failed, runs that failed for good are
-    tried again). Every planned folder then holds its run's config.json, so that other copies of the command and
-    `status` see the whole table."""
+    """Each planned run's folder (as a path), as placement.match_folders finds it. A run folder that holds another
+    run of the same name refuses the command before anything changes (with force: everything starts over, once no
+    process trains any of them; with retry_failed, runs that failed for good are tried again). Every planned folder
+    then holds its run's config.json, so that other copies of the command and `status` see the whole table."""
     folders = match_folders(results_dir, runs, seeds_given)
     if force:
         start_over(folders, lease)

@@ -47,7 +47,7 @@ def test_a_missing_dataset_device_or_slurm_is_a_line_of_the_plan(cli, tmp_path):
     assert code == 0, err
     assert f"Data: MNIST is not in {tmp_path / 'none' / 'MNIST' / 'raw'}" in out
     assert "the command downloads it first" in out and "Device: cuda (not looked up" in out
-    assert "Slurm: no Slurm here" in out and not (tmp_path / "none").exists()
+    assert "Slurm: no Slurm here" in out and not (tmp_path / "none").exists() and not (tmp_path / "runs").exists()
 
 
 def test_a_version_without_a_measured_time_is_estimated_unknown(cli, mnist_dir, tmp_path, monkeypatch):
@@ -129,6 +129,16 @@ def test_the_plan_says_what_each_run_folder_holds(cli, shared_table):
     rows = plan_rows(out)
     assert rows["renamed"] == f"finished; --force starts it over 2 epochs {estimate(1, 2)}"
     assert rows["v1-seed3"].endswith(f"--force waits for its owner, then starts it over 2 epochs {estimate(1, 2)}")
+    code, out, err = cli(*argv, "--lr", 0.5, "--dry-run")  # the folders named for its runs hold others
+    assert code == 0, err
+    assert plan_rows(out)["v1-seed1"] == "holds another run (lr=0.01, this command asks 0.5): the command refuses " \
+        "it (--force starts it over) 2 epochs 0 s"
+    assert "as it stands the command refuses to start" in out
+    renamed = Path(argv[argv.index("--out") + 1]) / "renamed"
+    code, out, err = cli("1", "--epochs", 2, "--out", renamed, "--dry-run")  # one run, into a run's folder
+    assert code == 0, err
+    assert plan_rows(out) == {"renamed": f"finished: the command refuses it (continue it with --resume {renamed}, "
+                                         "or add --force to start over) 2 epochs 0 s"}
 
 
 SNAPSHOT_PROBE = """
