@@ -19,13 +19,14 @@ import time
 import torch
 
 from configs import VERSIONS
-from data import DataSource, Split, classic_dataset, load_split
+from data import Split, classic_dataset, load_split
 from runner.devices import prepare_torch, resolve_device
 from runner.errors import RunnerError
 from runner.loaders import BatchPlan, ClassicLoader, ResidentLoader, SplitDataset, augmentation_of, classic_transform
 from runner.train_command import version_list
 from models import build_model, fit_input_layers
 from runner.settings import DATASETS, default_cache_dir, device_name, positive_int, worker_count
+from runner.sources import DataSource
 from runner.state import TrainingState
 from train import on_device, to_model_input, train_step, uses_channels_last
 

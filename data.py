@@ -1,5 +1,6 @@
 """Datasets: MNIST, Fashion-MNIST and CIFAR-10 under --data-dir, or a folder of images per class.
 
+Where the images come from (DataSource, its files, its identity) is runner/sources.py's, which imports no torch.
 Each split is decoded once into uint8 tensors (N, C, H, W), pixel for pixel what torchvision hands to ToTensor, and
 cached under the cache folder, keyed by every source file's name, size and modification time. torchvision is
 imported only to download, to decode a dataset that is not cached yet, and for the classic loader, so a run
@@ -25,16 +26,11 @@ from runner.files import atomic_write
 from runner.folders import list_image_folder, split_folder
 from runner.holdout import HoldoutError, held_out
 from runner.images import decode_image, image_mode
+from runner.sources import DataSource, dataset_files
 from runner.settings import DATASETS
 
 CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served
 CLASSES_PER_MODEL = 10
-# The files each dataset keeps under --data-dir, per split (torchvision's layout).
-FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
-IDX_FILES = {True: ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"],
-             False: ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]}
-CIFAR_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"],
-               False: ["test_batch", "batches.meta"]}
 
 
 @dataclass
@@ -44,35 +40,6 @@ class Split:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """Where a version's images come from: its dataset under data_dir, or an image folder (resized to the
-    version's size when `resize`); with `holdout`, that many training images are tested on instead of the test
-    split (see holdout.py)."""
-
-    dataset: str
-    data_dir: str
-    image_folder: str | None = None
-    cache_dir: str | None = None
-    resize: bool = False
-    holdout: int = 0
-    holdout_seed: int = 0
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return DATASETS[self.dataset].channels, DATASETS[self.dataset].size
-
-    @property
-    def name(self) -> str:
-        return self.image_folder or DATASETS[self.dataset].title
-
-    @classmethod
-    def of(cls, run) -> "DataSource":
-        """A run's data source (run: settings.RunConfig)."""
-        return cls(run.dataset, run.runtime.data_dir, run.runtime.image_folder, run.runtime.cache_dir,
-                   run.identity.resize, run.identity.holdout, run.identity.holdout_seed)
 
 
 def torchvision_class(dataset: str):
@@ -111,12 +78,11 @@ def _download(source: DataSource, folder: Path, missing: list) -> None:
 
 def _dataset_files(source: DataSource, train: bool) -> list:
     """The split's files, downloaded when missing."""
-    folder = Path(source.data_dir) / FOLDERS[source.dataset]
-    names = CIFAR_FILES[train] if source.dataset == "cifar10" else IDX_FILES[train]
-    missing = [name for name in names if not (folder / name).exists()]
+    files = dataset_files(source, train)
+    missing = [path.name for path in files if not path.exists()]
     if missing:
-        _download(source, folder, missing)
-    return [folder / name for name in names]
+        _download(source, files[0].parent, missing)
+    return files
 
 
 def _check_dataset_files(source: DataSource, files: list) -> None:
@@ -222,19 +188,6 @@ def load_split(source: DataSource, train: bool) -> Split:
         split = decode()
         _write_cache(cache, split)
     return split
-
-
-def data_identity(source: DataSource) -> dict:
-    """What makes two data sources the same for a run: the dataset, or an image folder's classes and sample
-    counts (its path may change, e.g. on another machine) and whether it is resized. Under --holdout the test
-    split is never read, so it is no part of it."""
-    if not source.image_folder:
-        return {"dataset": source.dataset}
-    train = list_image_folder(split_folder(source.image_folder, True))
-    identity = {"classes": train[0], "train": len(train[1])}
-    if not source.holdout:
-        identity["test"] = len(list_image_folder(split_folder(source.image_folder, False))[1])
-    return {"dataset": source.dataset, "image_folder": {**identity, "resize": source.resize}}
 
 
 def check_classes(train_classes: list, test_classes: list | None, where: str) -> None:

@@ -1,7 +1,7 @@
 """Command line of the runner: parsing (the training command's in runner/train_command.py), then checks.py checks
 what needs no data, then commands.py does the work.
 
-`list`, `--help` and usage errors import no torch, so they answer at once.
+`list`, `--help`, usage errors and `--dry-run` import no torch, so they answer at once.
 """
 import argparse
 import sys

@@ -18,7 +18,6 @@ from torch import nn
 
 from runner.console import progress
 from runner.distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
-from data import DataSource
 from runner.devices import (NO_COMPILER, can_compile, derive_seed, prepare_torch, resolve_device, seed_process,
                              to_device)
 from runner.events import RunLog, hyperparameters
@@ -27,6 +26,7 @@ from runner.loaders import load_splits, make_loaders
 from models import build_model, count_parameters, fit_input_layers
 from runner.records import CURVES, RunFolder
 from runner.settings import DATASETS, RunConfig
+from runner.sources import DataSource
 from runner.state import TrainingState
 
 REFRESH_EVERY = 50

@@ -124,6 +124,9 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     if args.resume:
         if args.versions or args.ablated:
             parser.error("give either VERSIONS or --resume RUN_DIR, not both")
+        if args.dry_run:
+            parser.error("--dry-run plans the runs of VERSIONS or ablate V, not --resume (the run folder's "
+                         "metrics.csv says how far its run is)")
         check_readable_dir(parser, "--resume", args.resume)
         if not os.path.isfile(os.path.join(args.resume, "config.json")):
             parser.error(f"--resume {args.resume}: not a run folder (no config.json in it)")
@@ -286,3 +289,11 @@ def process_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if "RANK" in os.environ or args.slurm:
         return 1  # under torchrun, or each Slurm task starts its own
     return max(args.procs or 1, len(devices))
+
+
+def check_batch_division(parser: argparse.ArgumentParser, batch_sizes: set, processes: int) -> None:
+    """One run trained by several processes splits each batch evenly between them."""
+    uneven = sorted(size for size in batch_sizes if size % processes)
+    if uneven:
+        parser.error(f"--batch-size {uneven[0]} does not divide among {processes} processes: give a multiple of "
+                     f"{processes}")

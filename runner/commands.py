@@ -8,15 +8,17 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from runner import checks
 from runner import claims
 from runner import distributed
 from runner import overrides
-from configs import VERSIONS
+from runner import placement
+from runner import plan
 from runner.cli_words import command_words
 from runner.console import EXIT_CODES, STOP, Stopped
 from runner.errors import OthersTraining, RunnerError
 from runner.records import CHECKPOINT, SLURM_LOGS, RunFolder, leave_failure_marker
-from runner.settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, flag_fields, given
+from runner.settings import RunConfig, Runtime, flag_fields, given
 
 
 TRACEBACK = "BASIC_IMAGE_CLASSIFICATION_TRACEBACK"  # set it to see an unexpected failure's traceback
@@ -65,29 +67,14 @@ def check_devices(parser, args) -> None:
         device_or_error(parser, name, bool(args.amp))
 
 
-def run_config(version: int, args, seed: int, device, group, arm: dict, base: Recipe | None = None,
-               idea: str = "") -> RunConfig:
-    """A version's run as the command line asks for it, in one arm of its --set settings; an ablation's arm
-    starts from its own recipe (`base`) instead of the version's, and trains in the ablated version's numerics."""
-    from data import DataSource, data_identity
+def planned_runs(args, device, group) -> list:
+    """Every run the command asks for (plan.runs), in this process's numerics on its device and in its place among
+    the processes."""
     from runner.devices import resolve_amp
 
-    row, values = VERSIONS[version], vars(args)
-    changes, identity = given(Recipe, values), dict(given(RunIdentity, values), seed=seed)
-    autocast = args.ablation[0].autocast if args.ablate else row.autocast  # every arm of an ablation alike
-    identity["amp"] = resolve_amp(values.get("amp"), autocast, device)
-    folder = args.image_folder if version in args.folder_versions else None
-    runtime = Runtime(**{**given(Runtime, values), "device": str(device),
-                         "threads": distributed.process_threads(args.threads) if distributed.launched() else
-                         args.threads, "data_dir": os.path.abspath(args.data_dir or "data"),
-                         "cache_dir": os.path.abspath(args.cache_dir or default_cache_dir()),
-                         "image_folder": folder and os.path.abspath(folder), "rank": distributed.rank(),
-                         "world_size": group.size})
-    source = DataSource(row.dataset, runtime.data_dir, runtime.image_folder, runtime.cache_dir,
-                        identity.get("resize", False), identity.get("holdout", 0))
-    return RunConfig(version, row.dataset, overrides.arm_recipe(base or row.recipe, changes, arm),
-                     RunIdentity(**identity, data=data_identity(source)), runtime,
-                     {**changes, **arm, **given(RunIdentity, values)}, arm, idea)
+    threads = distributed.process_threads(args.threads) if distributed.launched() else args.threads
+    return plan.runs(args, lambda by_default: resolve_amp(args.amp, by_default, device),
+                     {"device": str(device), "threads": threads, "rank": distributed.rank(), "world_size": group.size})
 
 
 def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, sync_bn: bool):
@@ -103,10 +90,8 @@ def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, 
         return distributed.SOLO
     if distributed.restarts_allowed() and not (args.out or args.resume):
         parser.error("torchrun --max-restarts: give --out, so that restarted processes continue the same folder")
-    world = distributed.environment("WORLD_SIZE")
-    uneven = sorted(size for size in batch_sizes if size % world)
-    if data_parallel and uneven:
-        parser.error(f"--batch-size {uneven[0]} does not divide among {world} processes: give a multiple of {world}")
+    if data_parallel:
+        checks.check_batch_division(parser, batch_sizes, distributed.environment("WORLD_SIZE"))
     distributed.start(device)
     if marker and not distributed.restart_count() and distributed.is_writer():
         marker.unlink(missing_ok=True)
@@ -132,18 +117,12 @@ def run_training(parser, args, progress: Progress, command: Callable[[list], int
         from runner import slurm
 
         slurm.check_cluster(args.slurm_executor)
-    seeds = args.seeds or [args.seed or 0]
-    # --seeds, sweeps and ablations write a results folder, even of one run
-    several = len(args.versions) > 1 or len(args.arms) > 1 or args.seeds is not None or args.ablate
-    # (version, its recipe, the ablation's idea) for each arm of the --set grid
-    bases = [(arm.version, arm.recipe, arm.idea) for arm in args.ablation] if args.ablate else \
-        [(version, VERSIONS[version].recipe, "") for version in args.versions]
-    batch_sizes = {arm.get("batch_size") or args.batch_size or recipe.batch_size for _, recipe, _ in bases
-                   for arm in args.arms}
+    several = plan.writes_table(args)
+    batch_sizes = {arm.get("batch_size") or args.batch_size or recipe.batch_size for _, recipe, _ in
+                   plan.arm_bases(args) for arm in args.arms}
     group = join_processes(parser, args, device, not several, batch_sizes, bool(args.sync_bn))
     progress.marker = distributed.failure_marker(args.out)
-    runs = [run_config(version, args, seed, device, group, arm, recipe, idea) for version, recipe, idea in bases
-            for arm in args.arms for seed in seeds]
+    runs = planned_runs(args, device, group)
     if not several:
         train_one(runs[0], args, group, progress)
         return
@@ -193,7 +172,7 @@ def train_one(run: RunConfig, args, group, progress: Progress) -> None:
     from runner import results
     import train
 
-    name = results.arm_label(run)
+    name = placement.arm_label(run)
     path = Path(args.out or distributed.on_first(
         "choosing the run folder", lambda: str(RunFolder.new(Path("runs"), name).path)))
     folder = RunFolder(path, writer=group.rank == 0)
@@ -255,7 +234,7 @@ def resume(parser, args, progress: Progress) -> None:
 def continue_run(run: RunConfig, folder: RunFolder, changes: dict, device, group, args, progress: Progress) -> None:
     """Every process of a resumed run meets the same failures here."""
     import train
-    from data import DataSource, data_identity
+    from runner.sources import DataSource, data_identity
 
     for name in ("data_dir", "image_folder", "cache_dir"):
         if name in changes:
@@ -286,7 +265,7 @@ def run_saved(parser, args, command: str) -> None:
     folder = RunFolder(Path(args.run_dir))
     run = folder.read_config()
     from runner import saved
-    from data import DataSource
+    from runner.sources import DataSource
 
     if command == "export":
         export_model(folder, run, args)
@@ -316,7 +295,7 @@ def run_saved(parser, args, command: str) -> None:
 def export_model(folder: RunFolder, run: RunConfig, args) -> None:
     """export: the run's model as ONNX, checked in ONNX Runtime, and what the check found."""
     from runner import export
-    from data import DataSource
+    from runner.sources import DataSource
 
     out = Path(args.onnx_out) if args.onnx_out else folder.path / export.MODEL_FILE
     out.parent.mkdir(parents=True, exist_ok=True)

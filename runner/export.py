@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data import DataSource, load_split
+from data import load_split
 from runner.errors import DataError, RunnerError
 from runner.files import atomic_write
 from runner.records import MODEL, RunFolder
+from runner.sources import DataSource
 from runner.saved import load_trained
 from runner.settings import DATASETS, TOOL, RunConfig
 from train import tta_output

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data import DataSource, Split, check_classes, classic_dataset, cut_holdout, load_split
+from data import Split, check_classes, classic_dataset, cut_holdout, load_split
 from runner.errors import DataError
 from runner.settings import DATASETS, Recipe, RunConfig
+from runner.sources import DataSource
 
 CLASSIC_WORKERS = 4
 

@@ -96,7 +96,7 @@ def config_from_record(saved: dict) -> RunConfig:
     recipe = from_record(Recipe, {**asdict(VERSIONS[saved["version"]].recipe), **saved})
     runtime = from_record(Runtime, saved)
     if "data" not in saved:
-        from data import DataSource, data_identity
+        from runner.sources import DataSource, data_identity
 
         try:
             saved = {**saved, "data": data_identity(DataSource(saved["dataset"], runtime.data_dir,

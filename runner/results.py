@@ -1,11 +1,9 @@
 """Several runs as one table: a results folder with a run folder per arm (a version, with its ablation idea and
 --set settings) and seed, and results.md, .csv and .png. Running the same command again skips finished runs and
 resumes unfinished ones; each run's row comes from its checkpoint's metrics, cut to the epochs the table asks for."""
-import hashlib
 import statistics
 import time
 from datetime import datetime
-from dataclasses import replace
 from pathlib import Path
 
 from configs import VERSIONS
@@ -14,11 +12,11 @@ from runner.console import STOP
 from runner.distributed import say
 from runner.errors import CheckpointError, RunnerError
 from runner.overrides import apply, arm_words
+from runner.placement import arm_label, foreign_entry, match_folders, run_differences
 from runner.files import atomic_write, write_text
 from runner.records import CHECKPOINT, CONFIG, FAILED, RunFolder
-from runner.settings import DATASETS, RunConfig, differences
+from runner.settings import DATASETS, RunConfig
 
-RESULT_FILES = ("results.md", "results.csv", "results.png", "runs.csv", "differences.png")
 FAIL_FAST = ".fail-fast"  # a run failed under --fail-fast: every copy started with it stops
 # After the twelve: the arm, why a row lacks runs, the held-out accuracy (--holdout), then the statistics of the
 # accuracy compared (test, or val under --holdout): its 95% interval and the row's difference with another row.
@@ -27,38 +25,6 @@ ADDED_COLUMNS = ["status", "arm", "val_acc", "val_acc_std", "acc_low", "acc_high
 RUN_COLUMNS = ["version", "arm", "seed", "train_acc", "test_acc", "val_acc", "seconds", "status", "folder"]
 RESULT_COLUMNS = ["version", "dataset", "params", "epochs", "seeds", "train_acc", "test_acc", "test_acc_std",
                   "ref_train_acc", "ref_test_acc", "test_delta", "seconds"]
-
-
-NAME_LIMIT = 120  # characters of a run folder's name: file systems refuse names past 255 bytes
-STAMP = len("-YYYYmmdd-HHMMSS-99")  # what RunFolder.new adds to a single run's name
-
-
-def shortened(name: str, limit: int) -> str:
-    """The name itself when it has at most `limit` characters, else a readable prefix and an 8-hex hash of the
-    whole name, which keeps long names of different arms apart."""
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:limit - len(digest) - 1].rstrip('-')}-{digest}"
-
-
-def full_label(run: RunConfig) -> str:
-    """The run's version, ablation idea and --set settings, however long: v9-lr=0.1-weight_decay=0.001,
-    v13-without-lookahead."""
-    return "-".join([f"v{run.version}", *run.idea.split(), *arm_words(run.arm)])
-
-
-def arm_label(run: RunConfig) -> str:
-    """The arm's name, as a single run's folder begins (RunFolder.new adds the time): its full label, shortened to
-    leave that folder name within NAME_LIMIT."""
-    return shortened(full_label(run), NAME_LIMIT - STAMP)
-
-
-def run_name(run: RunConfig, seeds_given: bool) -> str:
-    """A table's run folder name, within NAME_LIMIT: the arm's full label (shortened when long) and its seed. The
-    folder's config.json, not this name, tells which run it holds."""
-    seed = f"-seed{run.identity.seed}" if seeds_given else ""
-    return shortened(full_label(run), NAME_LIMIT - len(seed)) + seed
 
 
 def arm_text(run: RunConfig) -> str:
@@ -76,26 +42,12 @@ def prepare_results_folder(path: Path) -> None:
     """A results folder is new, empty, or holds only run folders of ours and results files; anything else is
     refused before anything is written."""
     if path.exists():
-        foreign = [entry.name for entry in path.iterdir() if not (
-            entry.name in RESULT_FILES or entry.name.startswith(".")
-            or (entry.is_dir() and (RunFolder(entry).is_ours() or RunFolder(entry).is_unstarted())))]
+        foreign = foreign_entry(path)
         if foreign:
-            raise RunnerError(f"{path} is not a results folder (it holds {foreign[0]}, which no run of this tool "
+            raise RunnerError(f"{path} is not a results folder (it holds {foreign}, which no run of this tool "
                               "wrote): give --out a new or empty folder (nothing in it was changed)")
     else:
         path.mkdir(parents=True)
-
-
-def run_differences(stored: RunConfig, planned: RunConfig) -> list:
-    """(name, stored, planned) for what makes a stored run another than the planned one: version, recipe (epochs
-    aside, unless a schedule spans them) and identity."""
-    changes = differences(replace(stored.recipe, epochs=planned.recipe.epochs), planned.recipe) + \
-        differences(stored.identity, planned.identity)
-    if stored.version != planned.version:
-        changes.insert(0, ("version", stored.version, planned.version))
-    if planned.fixed_length and planned.recipe.epochs != stored.recipe.epochs:
-        changes.append(("epochs", stored.recipe.epochs, planned.recipe.epochs))
-    return changes
 
 
 def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
@@ -111,30 +63,11 @@ def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
 
 def place_runs(results_dir: Path, runs: list, seeds_given: bool, force: bool = False,
                lease: float = claims.DEFAULT_LEASE, retry_failed: bool = False) -> list:
-    """Each planned run's folder (as a path): the one in results_dir whose config.json holds that very run, so a grown
-    grid or an added seed never retrains what exists, whatever its folder is called; else one named for it. A run
-    folder that holds another run of the same name refuses the command before anything changes (with force:
-    everything starts over, once no process trains any of them; with retry_failed, runs that failed for good are
-    tried again). Every planned folder then holds its run's config.json, so that other copies of the command and
-    `status` see the whole table."""
-    stored = []
-    for entry in sorted(results_dir.iterdir()) if results_dir.is_dir() else []:
-        folder = RunFolder(entry)
-        if entry.is_dir() and folder.is_ours():
-            try:
-                stored.append((entry, folder.read_config()))
-            except CheckpointError:
-                continue  # a damaged config.json: that folder is nobody's match
-    placed = [None] * len(runs)
-    # First the runs trained for just as many epochs, then those that count cut to fewer (an epochs sweep must not
-    # take its arms' folders for each other).
-    for exact in (True, False):
-        for index, run in enumerate(runs):
-            if placed[index] is None:
-                placed[index] = next((path for path, config in stored if path not in placed
-                                      and not run_differences(config, run)
-                                      and (config.recipe.epochs == run.recipe.epochs or not exact)), None)
-    folders = [RunFolder(path or results_dir / run_name(run, seeds_given)) for path, run in zip(placed, runs)]
+    """Each planned run's folder (as a path), as placement.match_folders finds it. A run folder that holds another
+    run of the same name refuses the command before anything changes (with force: everything starts over, once no
+    process trains any of them; with retry_failed, runs that failed for good are tried again). Every planned folder
+    then holds its run's config.json, so that other copies of the command and `status` see the whole table."""
+    folders = match_folders(results_dir, runs, seeds_given)
     if force:
         start_over(folders, runs, lease)
     for run, folder in zip(runs, folders):

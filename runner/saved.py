@@ -4,12 +4,13 @@ import torch
 from torch import nn
 
 from runner import plots
-from data import DataSource, check_classes, load_image, load_split
+from data import check_classes, load_image, load_split
 from runner.errors import CheckpointError
 from runner.loaders import BatchPlan, ResidentLoader, eval_batch_size
 from models import build_model
 from runner.records import CONFUSION, MISTAKES, RunFolder
 from runner.settings import DATASETS, RunConfig
+from runner.sources import DataSource
 from train import TTA_NAMES, autocast, evaluate, on_device, tta_output, uses_channels_last
 
 MISTAKES_SHOWN = 64

@@ -293,6 +293,8 @@ class Version:
     ideas: dict = field(default_factory=dict)
     # bfloat16 autocast by default where the device computes in it: measured as accurate as fp32, and faster
     autocast: bool = False
+    # seconds per epoch (training and its test) of the row's recipe measured on README's 2-core CPU; None: not measured
+    epoch_seconds: float | None = None
 
 
 def flag_fields(kind: type) -> list:

@@ -1,6 +1,6 @@
 """The training command: its parsers (`main.py VERSIONS` and `main.py ablate V`), and the command run from its
 words, by main.py and by each Slurm task (which therefore never imports main.py). No torch is imported until the
-checks pass, so usage errors answer at once."""
+checks pass, so usage errors answer at once; --dry-run then prints the plan (dry_run.py) and imports none at all."""
 import argparse
 import os
 import re
@@ -152,6 +152,9 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
         if kind is Runtime:
             group.add_argument("--procs", type=worker_count, metavar="N",
                                help="processes on this machine, as torchrun --nproc_per_node N (see README)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and do nothing: each run's folder, "
+                        "what it holds, its epochs and an estimate of its time (no torch imported, no image decoded, "
+                        "nothing written, launched or submitted)")
     record = parser.add_argument_group("records")
     record.add_argument("--out", metavar="DIR", help="run folder (one version) or results folder (several)")
     record.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -199,6 +202,11 @@ def run(argv: list) -> int:
         args = parser.parse_args(argv[1:] if ablate else argv)
         checks.check_training_args(parser, args)
         processes = checks.process_count(parser, args)
+        if args.dry_run:
+            from runner import dry_run
+
+            print("\n".join(dry_run.plan_lines(parser, args, processes)))
+            return 0
         from runner import commands
 
         if processes > 1:

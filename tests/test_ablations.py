@@ -168,10 +168,8 @@ def planned_amp(tmp_path, *argv) -> list:
     args = parser.parse_args([*argv[1:]] if argv[0] == "ablate" else list(argv))
     args.data_dir = str(tmp_path / "data")
     checks.check_training_args(parser, args)
-    bases = [(arm.version, arm.recipe, arm.idea) for arm in args.ablation] if args.ablate else \
-        [(version, VERSIONS[version].recipe, "") for version in args.versions]
-    return [(version, idea, commands.run_config(version, args, 0, torch.device("cpu"), distributed.SOLO, {}, recipe,
-                                                idea).identity.amp) for version, recipe, idea in bases]
+    return [(run.version, run.idea, run.identity.amp)
+            for run in commands.planned_runs(args, torch.device("cpu"), distributed.SOLO)]
 
 
 def test_every_arm_of_an_ablation_parent_included_trains_in_the_ablated_versions_numerics(tmp_path, monkeypatch):

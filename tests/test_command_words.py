@@ -30,11 +30,11 @@ def parsed(argv: list, ablate: bool = False) -> tuple:
 
 
 def test_the_round_trips_below_give_every_option_but_resume():
-    """--resume continues one run, never a table: no command is rebuilt from it."""
+    """--resume continues one run, never a table, and --dry-run does nothing: no command is rebuilt from them."""
     given = {word for word in TABLE + SLURM + ABLATION if word.startswith("--")} | {"--procs", "--seeds"}
     options = {option for ablate in (False, True) for action in train_command.build_parser(ablate)._actions
                for option in action.option_strings}
-    assert options - given == {"-h", "--help", "--resume"}
+    assert options - given == {"-h", "--help", "--resume", "--dry-run"}
 
 
 @pytest.mark.parametrize("ablate, argv", [(False, ["1,3", "--seeds", "0,1", "--slurm-exec", "local"]),

@@ -78,6 +78,7 @@ def flag_runs(tmp_path, data) -> dict:
         "--lease": base + ["--seeds", "0,1", "--lease", "30"],
         "--add": ["ablate", "3", "--add", "--epochs", "1", "--data-dir", data, "--quiet"],
         "--resume": ["--resume", None, "--epochs", "2"],
+        "--dry-run": base + ["--dry-run"],
     }
 
 
@@ -164,6 +165,10 @@ def test_each_documented_flag_runs_to_success(cli, tmp_path, data, flag, monkeyp
                                 text=True, timeout=240)
         assert result.returncode == 0, result.stderr
         assert json.loads((out / "config.json").read_text())["world_size"] == 2  # through torchrun's launcher
+        return
+    if flag == "--dry-run":  # the plan, and nothing made
+        code, stdout, err = cli(*argv)
+        assert code == 0 and f"Run folder: {out}" in stdout and not out.exists(), err
         return
     check = probe(flag, monkeypatch, tmp_path)
     code, stdout, err = cli(*argv)

@@ -52,7 +52,7 @@ def splits_of(cli, data_dir, *flags):
     from runner import commands
     from runner import distributed
 
-    run = commands.run_config(1, args, args.seed or 0, torch.device("cpu"), distributed.SOLO, args.arms[0])
+    run = commands.planned_runs(args, torch.device("cpu"), distributed.SOLO)[0]
     return loaders.load_splits(run, DataSource.of(run), resume=False)[0]
 
 
