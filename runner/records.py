@@ -170,15 +170,17 @@ class RunFolder:
 
     def clear(self, keep_config: bool = False) -> None:
         """Remove this tool's record files (only those: the folder may hold the user's own files too), except
-        the claim of the process about to train the run and, with keep_config, config.json (a table's run folder
-        keeps it, so that other copies and `status` see the run while it starts over)."""
+        the claim of the process about to train the run and, with keep_config, config.json and the writes of it
+        in flight (a table's run folder keeps it, so that other copies and `status` see the run while it starts
+        over, and another copy placing the table's runs may be writing it this instant)."""
         if not self.writer or not self.path.is_dir():
             return
         for entry in self.path.iterdir():
-            if is_claim_file(entry.name) or keep_config and entry.name == CONFIG:
+            if is_claim_file(entry.name) or keep_config and (entry.name == CONFIG or entry.name.startswith(
+                    f".{CONFIG}.")):
                 continue
             if entry.name in RUN_FILES or entry.name.startswith(EVENT_FILES) or is_ours_hidden(entry.name):
-                entry.unlink()
+                entry.unlink(missing_ok=True)
             elif entry.name == HPARAMS_RUN and entry.is_dir():
                 shutil.rmtree(entry)
 

@@ -235,3 +235,13 @@ def test_force_waits_for_a_damaged_claim_no_longer_than_its_own_lease(cli, mnist
         owner.release()
     assert code == 1 and "--force" in err and f"pid {os.getpid()}" in err, err
     assert time.monotonic() - started < 30  # not the default lease of 180 s
+
+
+def test_clearing_a_run_folder_leaves_another_copys_config_write_in_flight(tmp_path):
+    """A copy placing the table's runs writes config.json through a temporary file while the claimant clears."""
+    folder = RunFolder(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / ".config.json.k2j3.tmp").write_text("{}")
+    (tmp_path / ".checkpoint.pt.x1.tmp").write_text("")
+    folder.clear(keep_config=True)
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [".config.json.k2j3.tmp", "config.json"]
