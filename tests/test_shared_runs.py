@@ -245,3 +245,14 @@ def test_clearing_a_run_folder_leaves_another_copys_config_write_in_flight(tmp_p
     (tmp_path / ".checkpoint.pt.x1.tmp").write_text("")
     folder.clear(keep_config=True)
     assert sorted(entry.name for entry in tmp_path.iterdir()) == [".config.json.k2j3.tmp", "config.json"]
+
+
+def test_resume_takes_lease_for_the_claim_it_keeps(cli, mnist_dir, tmp_path, monkeypatch):
+    out = tmp_path / "t"
+    assert cli(*table(mnist_dir, out))[0] == 0
+    leases = []
+    take = claims.Watcher.take
+    monkeypatch.setattr(claims.Watcher, "take", lambda self, folder: (leases.append(self.lease), take(self, folder))[1])
+    code, _, err = cli("--resume", out / "v1-seed0", "--epochs", 2, "--quiet", "--lease", 30)
+    assert code == 0, err
+    assert leases == [30.0]
