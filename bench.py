@@ -115,7 +115,8 @@ def bench_version(version: int, args: argparse.Namespace, device: torch.device) 
         "batch": batch_size, "compile": compile_seconds}
 
 
-def main(argv: list | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, apart from running it, so that the manual's commands can be checked against it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--versions", type=version_list, default=version_list("all"), help="e.g. 1,3,6-9 (all)")
     parser.add_argument("--steps", type=positive_int, default=100, help="timed steps per measurement (100)")
@@ -129,6 +130,11 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--cache-dir", default=default_cache_dir())
     parser.add_argument("--synthetic", action="store_true", help="random images of each version's shape")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    return parser
+
+
+def main(argv: list | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)

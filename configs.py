@@ -4,8 +4,9 @@ settings.Recipe for the seed's defaults, which row 1 keeps). Only the number of 
 of dataset is no idea: `python main.py ablate V` takes V's ideas out one at a time, on V's dataset.
 
 A row also names its exact parameter count, the accuracies it is compared with, what it shows, and how long an
-epoch of it took on README's 2-core CPU (the seconds of its full run in README's Results over its epochs; version
-14's from its per-epoch column under "Numerics, compilation and test passes"), from which --dry-run estimates."""
+epoch of it took on the 2-core CPU of docs/results.md (the seconds of its full run there over its epochs; version
+14's from its per-epoch column under "Numerics, compilation and test passes" in docs/speed.md), from which --dry-run
+estimates."""
 from dataclasses import replace
 
 from runner.overrides import apply

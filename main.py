@@ -164,16 +164,20 @@ def predict_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_status_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py status", allow_abbrev=False, description="What the copies of a "
+                                     "table, sweep or ablation command have done in its results folder: each run "
+                                     "finished, running (on which machine and process), failed (why) or waiting.")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the results folder (--out) of the command")
+    return parser
+
+
 def show_status(argv: list) -> int:
     """status: torch is never imported on this path."""
     from runner.errors import RunnerError
     from runner.status import status_lines
 
-    parser = argparse.ArgumentParser(prog="main.py status", allow_abbrev=False, description="What the copies of a "
-                                     "table, sweep or ablation command have done in its results folder: each run "
-                                     "finished, running (on which machine and process), failed (why) or waiting.")
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the results folder (--out) of the command")
-    args = parser.parse_args(argv)
+    args = build_status_parser().parse_args(argv)
     try:
         print("\n".join(status_lines(Path(args.results_dir))))
     except RunnerError as error:

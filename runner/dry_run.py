@@ -19,7 +19,7 @@ from runner.records import CONFIG, RunFolder
 from runner.settings import DATASETS, RunConfig
 from runner.sources import DataSource, data_identity, dataset_files
 
-TIMES = ("Times: the version's seconds per epoch measured on README's 2-core CPU, times the epochs left "
+TIMES = ("Times: the version's seconds per epoch measured on docs/results.md's 2-core CPU, times the epochs left "
          '("unknown": none measured)')
 
 

@@ -166,7 +166,8 @@ class ClassicLoader:
     def batches(self, epoch: int = 1):
         batches = self.plan.batches(self.shuffle)
         with warnings.catch_warnings():
-            # The seed's 4 workers are kept on purpose (README's benchmark compares with them), on any core count.
+            # The seed's 4 workers are kept on purpose (the benchmark of docs/speed.md compares with them), on any
+            # core count.
             warnings.filterwarnings("ignore", message="This DataLoader will create")
             loader = iter(DataLoader(
                 self.dataset, batch_sampler=[index.tolist() for index, _ in batches if len(index)],

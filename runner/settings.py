@@ -288,12 +288,13 @@ class Version:
     params: int
     reference: tuple | None  # (train accuracy, test accuracy); None until a run of ours measured it
     remark: str
-    reference_source: str = "seed"  # seed: the seed's published numbers; ours: a run of ours (see README)
+    reference_source: str = "seed"  # seed: the seed's published numbers; ours: a run of ours (see docs/results.md)
     parent: int | None = None
     ideas: dict = field(default_factory=dict)
     # bfloat16 autocast by default where the device computes in it: measured as accurate as fp32, and faster
     autocast: bool = False
-    # seconds per epoch (training and its test) of the row's recipe measured on README's 2-core CPU; None: not measured
+    # seconds per epoch (training and its test) of the row's recipe measured on the 2-core CPU of docs/results.md;
+    # None: not measured
     epoch_seconds: float | None = None
 
 

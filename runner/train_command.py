@@ -151,7 +151,8 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
                                "95%% interval, and paired differences between rows")
         if kind is Runtime:
             group.add_argument("--procs", type=worker_count, metavar="N",
-                               help="processes on this machine, as torchrun --nproc_per_node N (see README)")
+                               help="processes on this machine, as torchrun --nproc_per_node N (see "
+                               "docs/many-runs.md)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and do nothing: each run's folder, "
                         "what it holds, its epochs and an estimate of its time (no torch imported, no image decoded, "
                         "nothing written, launched or submitted)")
@@ -167,7 +168,7 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
                         "when its owner's heartbeat stood still this long (default 180)")
     slurm = parser.add_argument_group("Slurm (a table, sweep or ablation as a job array, through submitit)")
     slurm.add_argument("--slurm", action="store_true", help="submit the command as a Slurm job array whose tasks "
-                       "share its runs out, print the job id and return (see README)")
+                       "share its runs out, print the job id and return (see docs/many-runs.md)")
     slurm.add_argument("--slurm-partition", metavar="NAME", help="the partition (default: the cluster's)")
     slurm.add_argument("--slurm-gpus", type=worker_count, metavar="G", help="GPUs per task (default none); with "
                        "several, the task starts one process per GPU, each training whole runs")

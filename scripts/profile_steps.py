@@ -151,12 +151,17 @@ def print_arithmetic(version: int, results: dict) -> None:
         print(f"| {numerics} | {rate:.0f} | {peak:.0f} | {run_gflop / max(rate, peak):,.0f} |")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, apart from running it, so that the manual's commands can be checked against it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", type=int, default=13)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     prepare_torch(args.threads, deterministic=False)
     results = {numerics: profile_version(args.version, args.steps, numerics == "bf16")
                for numerics in ("fp32", "bf16")}

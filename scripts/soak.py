@@ -390,7 +390,8 @@ def play_round(seed: int, work: Path, data: Path, copies: int, references: dict)
     return round_, round_.check_results(references[round_.kind])
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, apart from running it, so that the manual's commands can be checked against it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     length = parser.add_mutually_exclusive_group(required=True)
     length.add_argument("--minutes", type=float, help="play rounds until this many minutes have passed")
@@ -399,7 +400,11 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=3, help="copies started at once in each round, one more "
                         "comes late (default 3)")
     parser.add_argument("--out", type=Path, help="where the rounds' folders go (default: a new temporary folder)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     seed = random.randrange(10 ** 6) if args.seed is None else args.seed
     work = args.out or Path(tempfile.mkdtemp(prefix="soak-"))
     print(f"soak: seed {seed}, {args.copies} copies a round, folders in {work}", flush=True)

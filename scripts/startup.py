@@ -63,11 +63,16 @@ def slowest_imports(stderr: str, count: int) -> list:
     return sorted(rows, reverse=True)[:count]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, apart from running it, so that the manual's commands can be checked against it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     with tempfile.TemporaryDirectory() as work:
         argv = ["1", "--epochs", "1", "--data-dir", args.data_dir, "--out", os.path.join(work, "run"), "--force",
                 "--quiet"]

@@ -1,5 +1,5 @@
-"""README documents every flag the parser has, and every documented flag that can run on a CPU runs to success;
-where success alone would not show the flag at work, a probe checks its effect."""
+"""The manual (docs/running.md) documents every flag the parser has, and every documented flag that can run on a
+CPU runs to success; where success alone would not show the flag at work, a probe checks its effect."""
 import io
 import json
 import re
@@ -20,9 +20,9 @@ SLURM = {"--slurm", "--slurm-partition", "--slurm-gpus", "--slurm-cpus", "--slur
          "--slurm-array-parallelism", "--slurm-executor"}  # tested through submitit's local executor (test_claims)
 
 
-def readme_flags() -> set:
-    text = (ROOT / "README.md").read_text()
-    options = text.split("### Options", 1)[1].split("\n### ", 1)[0]
+def documented_flags() -> set:
+    text = (ROOT / "docs" / "running.md").read_text()
+    options = text.split("\n## Options\n", 1)[1].split("\n## ", 1)[0]
     return {flag for line in options.splitlines() if line.startswith("| `")
             for flag in re.findall(r"--[a-z][a-z-]*", line.split("|")[1])}
 
@@ -33,8 +33,8 @@ def parser_flags() -> set:
             for option in action.option_strings} - {"-h", "--help"}
 
 
-def test_readme_documents_every_flag_and_no_other():
-    assert readme_flags() == parser_flags()
+def test_the_manual_documents_every_flag_and_no_other():
+    assert documented_flags() == parser_flags()
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def flag_runs(tmp_path, data) -> dict:
 
 
 def test_every_documented_cpu_flag_has_a_run(tmp_path, data):
-    assert set(flag_runs(tmp_path, data)) == readme_flags() - CUDA_ONLY - SLURM
+    assert set(flag_runs(tmp_path, data)) == documented_flags() - CUDA_ONLY - SLURM
 
 
 class Terminal(io.StringIO):
@@ -147,7 +147,7 @@ def restore_torch_settings():
     torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize("flag", sorted(readme_flags() - CUDA_ONLY - SLURM))
+@pytest.mark.parametrize("flag", sorted(documented_flags() - CUDA_ONLY - SLURM))
 def test_each_documented_flag_runs_to_success(cli, tmp_path, data, flag, monkeypatch, restore_torch_settings):
     argv = flag_runs(tmp_path, data)[flag]
     out = tmp_path / "out"
@@ -177,9 +177,10 @@ def test_each_documented_flag_runs_to_success(cli, tmp_path, data, flag, monkeyp
     assert check is None or check(), f"{flag} had no effect"
 
 
-def test_every_test_readme_names_exists():
-    """README's table of promises names the test that keeps each; a renamed or removed test must show there."""
-    named = re.findall(r"`(test_\w+)::(test_\w+)`", (ROOT / "README.md").read_text())
+def test_every_test_the_manual_names_exists():
+    """docs/design.md's table of promises names the test that keeps each; a renamed or removed test must show
+    there."""
+    named = re.findall(r"`(test_\w+)::(test_\w+)`", (ROOT / "docs" / "design.md").read_text())
     assert len(named) > 40
     for module, function in named:
         assert f"def {function}(" in (ROOT / "tests" / f"{module}.py").read_text(), f"{module}::{function}"
