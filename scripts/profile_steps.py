@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    prepare_torch(args.threads, deterministic=False)
+    prepare_torch(torch.device("cpu"), args.threads, deterministic=False)
     results = {numerics: profile_version(args.version, args.steps, numerics == "bf16")
                for numerics in ("fp32", "bf16")}
     batch = VERSIONS[args.version].recipe.batch_size
