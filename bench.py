@@ -140,7 +140,7 @@ def main(argv: list | None = None) -> int:
         device = resolve_device(args.device)
     except ValueError as error:
         parser.error(str(error))
-    prepare_torch(args.threads, deterministic=False)
+    prepare_torch(device, args.threads, deterministic=False)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps after {args.warmup} warm-up, median of {args.repeats}"
           f"{', synthetic data' if args.synthetic else ''}{', amp' if args.amp else ''}", flush=True)

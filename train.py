@@ -18,8 +18,8 @@ from torch import nn
 
 from runner.console import progress
 from runner.distributed import SOLO, Group, is_writer, prepare_once_per_machine, say
-from runner.devices import (NO_COMPILER, can_compile, derive_seed, prepare_torch, resolve_device, seed_process,
-                             to_device)
+from runner.devices import (NO_COMPILER, can_compile, derive_seed, give_back_freed_memory, prepare_torch,
+                             resolve_device, seed_process, to_device)
 from runner.events import RunLog, hyperparameters
 from runner.errors import CheckpointError, Diverged, RunnerError
 from runner.loaders import load_splits, make_loaders
@@ -207,7 +207,7 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     metrics of every epoch. `group`: the processes training this run together."""
     recipe, runtime = run.recipe, run.runtime
     device = resolve_device(runtime.device)
-    prepare_torch(runtime.threads, run.identity.deterministic)
+    prepare_torch(device, runtime.threads, run.identity.deterministic)
     seed_process(run.identity.seed, group.rank)
     model = build_model(recipe, DATASETS[run.dataset].channels)
     source = DataSource.of(run)
@@ -299,6 +299,8 @@ def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loa
     folder.save_checkpoint(state.state_dict(state.group.gather(state.process_rng())))
     folder.write_metrics(state.metrics)
     say(line)
+    if test is not None:  # the test's batches left blocks the training steps do not reuse
+        give_back_freed_memory()
 
 
 def finish_log(log: RunLog, run: RunConfig, state: TrainingState, row: dict, test: TestResult,

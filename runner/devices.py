@@ -85,6 +85,9 @@ def seed_process(seed: int, rank: int) -> None:
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+KEEP_FREED = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}
+GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}
+kept_by = None  # the C library, while this process keeps freed memory
 
 
 def runs_on_glibc() -> bool:
@@ -94,20 +97,50 @@ def runs_on_glibc() -> bool:
         return False
 
 
-def keep_freed_memory() -> None:
-    """Have glibc serve every allocation from the process's heap and keep what is freed there. By default it maps each
-    block over 32 MB fresh from the kernel and unmaps it when freed, so each training step of a large batch faults
-    its activations in again page by page: a quarter of a version-13 step went to the kernel on a 2-core CPU.
-    Numbers are untouched; the process keeps its largest step's memory. Nothing changes without glibc (macOS,
-    Windows, musl)."""
-    if runs_on_glibc():
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_MAX, 0)
-        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+def set_malloc_options(libc: ctypes.CDLL, options: dict) -> None:
+    for parameter, value in options.items():
+        libc.mallopt(parameter, value)
 
 
-def prepare_torch(threads: int | None, deterministic: bool) -> None:
-    keep_freed_memory()
+def keep_freed_memory(device: torch.device) -> None:
+    """Decide, as a run starts training, whether the process keeps freed memory: only a CPU run does. glibc maps
+    every block over 32 MB fresh from the kernel and unmaps it when freed, so each CPU training step of a large batch
+    faults its activations in again page by page (a quarter of a version-13 step on a 2-core CPU); kept, a run's
+    steady steps reuse the same pages. A GPU run's activations are on the GPU: its process keeps glibc's own
+    settings, restored when a CPU run before it in the same process changed them. A later CPU run first gives back
+    what the run before it left. Numbers are untouched. Nothing changes without glibc (macOS, Windows, musl)."""
+    global kept_by
+    if device.type != "cpu":
+        stop_keeping_freed_memory()
+    elif kept_by is not None:
+        give_back_freed_memory()
+    elif runs_on_glibc():
+        kept_by = ctypes.CDLL(None)
+        set_malloc_options(kept_by, KEEP_FREED)
+
+
+def give_back_freed_memory() -> None:
+    """Return every free page of the heap to the kernel (glibc's malloc_trim), where a run's memory needs change: after
+    an epoch's test, and before the next run of the process. Kept freed memory holds every hole for the process's
+    life otherwise, and holes left by blocks of different sizes add up run after run. The next steps fault their
+    pages in once, then reuse them again."""
+    if kept_by is not None:
+        kept_by.malloc_trim(0)
+
+
+def stop_keeping_freed_memory() -> None:
+    """glibc's own settings back, with the held memory returned: for a GPU run after a CPU one, and in a DataLoader
+    worker, which a fork made with its parent's settings and which only decodes images."""
+    global kept_by
+    if kept_by is not None:
+        set_malloc_options(kept_by, GLIBC_DEFAULTS)
+        kept_by.malloc_trim(0)
+        kept_by = None
+
+
+def prepare_torch(device: torch.device, threads: int | None, deterministic: bool) -> None:
+    """The process's settings for a run that trains on `device`."""
+    keep_freed_memory(device)
     if threads:
         torch.set_num_threads(threads)
     if deterministic:

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data import Split, check_classes, classic_dataset, cut_holdout, load_split
+from runner.devices import stop_keeping_freed_memory
 from runner.errors import DataError
 from runner.settings import DATASETS, Recipe, RunConfig
 from runner.sources import DataSource
@@ -145,9 +146,11 @@ class SplitDataset(Dataset):
         return (self.transform(image) if self.transform else image), int(self.split.labels[index])
 
 
-def ignore_interrupts(worker: int) -> None:
-    """A terminal's Ctrl-C reaches the workers too; only the main process decides to stop (and then ends them)."""
+def prepare_worker(worker: int) -> None:
+    """A terminal's Ctrl-C reaches the workers too; only the main process decides to stop (and then ends them). A
+    worker decodes images, with glibc's own memory settings: it does not keep freed memory as a CPU run does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_keeping_freed_memory()
 
 
 class ClassicLoader:
@@ -173,7 +176,7 @@ class ClassicLoader:
                 self.dataset, batch_sampler=[index.tolist() for index, _ in batches if len(index)],
                 num_workers=CLASSIC_WORKERS, pin_memory=self.pin_memory,
                 generator=self.workers_seed if self.workers_seed is not None else torch.Generator(),
-                persistent_workers=False, worker_init_fn=ignore_interrupts))
+                persistent_workers=False, worker_init_fn=prepare_worker))
         for index, divisor in batches:
             if len(index):
                 images, labels = next(loader)

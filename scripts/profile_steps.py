@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    prepare_torch(args.threads, deterministic=False)
+    prepare_torch(torch.device("cpu"), args.threads, deterministic=False)
     results = {numerics: profile_version(args.version, args.steps, numerics == "bf16")
                for numerics in ("fp32", "bf16")}
     batch = VERSIONS[args.version].recipe.batch_size

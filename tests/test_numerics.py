@@ -1,12 +1,14 @@
 """Numerics that follow the device: bfloat16 autocast by default for the versions measured to gain from it, where
 the device computes in bfloat16; --amp and --no-amp as given; the resolved choice recorded and compared as part
 of a run's identity. Compilation fixed for a run's life, uncompiled with one line where no C++ compiler is. Tests
-in batches of at least a thousand images, in the run's numerics, timed. Freed memory kept in the process, so that a
-step's large blocks are not faulted in from the kernel again."""
+in batches of at least a thousand images, in the run's numerics, timed. Freed memory kept in a CPU run's process, so
+that a step's large blocks are not faulted in from the kernel again, and given back after each test and between
+runs."""
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -127,7 +129,7 @@ def faults_per_step():
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 6
 
 plain = faults_per_step()
-prepare_torch(None, False)
+prepare_torch(torch.device("cpu"), None, False)
 print(plain, faults_per_step())
 """
 
@@ -142,12 +144,140 @@ def test_a_run_reuses_freed_memory_without_faulting_it_in_again():
     assert prepared < pages / 2
 
 
+GROWTH_ACROSS_RUNS = """
+import os
+import torch
+from runner.devices import prepare_torch
+
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGESIZE") >> 20
+
+start, outliving, held, left = resident_mb(), [], [], []
+for megabytes in (48, 64, 80, 96, 112):  # runs of a table, each with its own step size
+    prepare_torch(torch.device("cpu"), None, False)
+    left.append(resident_mb() - start)  # what the runs before left in the process
+    block = torch.ones(megabytes << 18)
+    outliving.append(torch.ones(16))  # above the block in the heap: the block's hole cannot shrink the heap
+    del block
+    held.append(resident_mb() - start)
+print(*held)
+print(*left)
+"""
+
+
+@pytest.mark.skipif(not devices.runs_on_glibc(), reason="glibc's allocator only")
+def test_runs_of_different_sizes_do_not_add_up_their_freed_memory():
+    done = subprocess.run([sys.executable, "-c", GROWTH_ACROSS_RUNS], capture_output=True, text=True, check=True,
+                          cwd=ROOT)
+    held, left = ([int(mb) for mb in line.split()] for line in done.stdout.splitlines())
+    assert all(mb >= size * 0.9 for mb, size in zip(held, (48, 64, 80, 96, 112)))  # kept while its run lasts
+    assert max(left) < 24  # kept, every hole would stay: 48 + 64 + 80 + 96 MB before the last run
+
+
+class RecordedLibc:
+    """The C library's allocator calls, recorded instead of made."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append(("mallopt", parameter, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+@pytest.fixture
+def libc(monkeypatch) -> RecordedLibc:
+    """glibc, recorded, in a process that keeps no freed memory yet."""
+    recorded = RecordedLibc()
+    monkeypatch.setattr(devices, "runs_on_glibc", lambda: True)
+    monkeypatch.setattr(devices, "ctypes", types.SimpleNamespace(CDLL=lambda *args: recorded))  # devices' own only
+    monkeypatch.setattr(devices, "kept_by", None)
+    return recorded
+
+
+def test_a_run_on_another_device_leaves_glibc_as_it_is(cli, mnist_dir, tmp_path, monkeypatch, libc):
+    import train
+    from runner import commands
+
+    monkeypatch.setenv(commands.TRACEBACK, "1")
+    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("meta"))  # a GPU's code, on no data
+    with pytest.raises((NotImplementedError, RuntimeError), match="meta"):
+        cli("3", "--epochs", 1, "--batch-size", 16, "--data-dir", mnist_dir, "--out", tmp_path / "run", "--quiet",
+            "--no-amp")
+    assert libc.calls == []
+
+
+def test_a_gpu_run_after_a_cpu_run_gets_glibc_settings_back(libc):
+    devices.keep_freed_memory(torch.device("cpu"))
+    assert libc.calls == [("mallopt", devices.M_MMAP_MAX, 0), ("mallopt", devices.M_TRIM_THRESHOLD, 2**31 - 1)]
+    libc.calls.clear()
+    devices.keep_freed_memory(torch.device("cuda"))
+    assert libc.calls == [("mallopt", devices.M_MMAP_MAX, 65536), ("mallopt", devices.M_TRIM_THRESHOLD, 128 * 1024),
+                          ("malloc_trim", 0)]
+    libc.calls.clear()
+    devices.give_back_freed_memory()
+    devices.keep_freed_memory(torch.device("mps"))
+    assert libc.calls == []
+
+
+def test_a_cpu_run_gives_freed_memory_back_after_each_test_and_before_the_next_run(cli, images, tmp_path, libc):
+    devices.keep_freed_memory(torch.device("cpu"))  # a run before, in the same process
+    libc.calls.clear()
+    code, _, err = cli("6", "--epochs", 3, "--eval-every", 2, "--batch-size", 16, "--image-folder", images,
+                       "--out", tmp_path / "run", "--quiet", "--device", "cpu", "--no-amp")
+    assert code == 0, err
+    assert libc.calls == [("malloc_trim", 0)] * 3  # as the run starts, after epoch 2's test and epoch 3's
+
+
+WORKER_MAPS = """
+import ctypes
+import torch
+from runner import loaders
+from runner.devices import keep_freed_memory
+
+class MallocInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo.restype = MallocInfo
+
+class MappedBlocks(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        block = torch.ones(1 << 24)  # 64 MB
+        return libc.mallinfo().hblkhd >> 20, 0  # megabytes glibc mapped on their own, outside its heap
+
+keep_freed_memory(torch.device("cpu"))
+loader = loaders.ClassicLoader(MappedBlocks(), loaders.BatchPlan(2, 1), torch.device("cpu"), None, None)
+print(*(int(megabytes) for megabytes, _, _ in loader.batches()))
+"""
+
+
+@pytest.mark.skipif(not devices.runs_on_glibc(), reason="glibc's allocator only")
+def test_dataloader_workers_keep_glibc_settings():
+    done = subprocess.run([sys.executable, "-c", WORKER_MAPS], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert all(int(megabytes) >= 64 for megabytes in done.stdout.split())  # a large block mapped on its own
+
+
 def test_without_glibc_the_c_library_is_left_alone(monkeypatch):
     def unknown_name(name):
         raise ValueError("unrecognized configuration name")  # macOS; musl says the same through OSError
 
     monkeypatch.setattr(devices.ctypes, "CDLL", lambda *args: pytest.fail("the C library was called"))
+    monkeypatch.setattr(devices, "kept_by", None)
     monkeypatch.setattr(devices.os, "confstr", unknown_name)
-    devices.keep_freed_memory()
+    devices.keep_freed_memory(torch.device("cpu"))
+    devices.give_back_freed_memory()
+    devices.stop_keeping_freed_memory()
     monkeypatch.delattr(devices.os, "confstr")  # Windows has no confstr at all
-    devices.keep_freed_memory()
+    devices.keep_freed_memory(torch.device("cpu"))
+    devices.give_back_freed_memory()
+    devices.keep_freed_memory(torch.device("cuda"))
