@@ -54,7 +54,8 @@ EPOCHS = 2
 LEASE = 2
 OTHER_LEASES = (1, 4)
 FAULT_SECONDS = 12  # faults are drawn within this many seconds of the table's placing
-ROUND_LIMIT = 120  # seconds a round's copies (and then the repeated command) may take before they count as hung
+ROUND_LIMIT = 400  # seconds a round's copies (and then the repeated command) may take before they count as hung: a
+# round takes about 50 s on an idle 2-core machine and three times that beside a test suite
 TIMES = ("seconds", "test_seconds")  # the columns that differ between equal runs
 FORBIDDEN = ("Traceback", "unexpected", "is not a results folder", "not a run folder")
 TRAINERS = ("copy", "late copy", "force", "resume")
