@@ -232,8 +232,11 @@ class Claim:
             raise
 
     def write_beat(self) -> None:
-        with open(self.beat_path, "w") as f:
-            f.write(str(self.beats))
+        """Renamed into place, so that a reader never sees the file empty between truncation and write (only this
+        process writes this token's file, so its temporary name is fixed)."""
+        temporary = self.beat_path.with_name(self.beat_path.name + ".tmp")
+        temporary.write_text(str(self.beats))
+        os.replace(temporary, self.beat_path)
 
     def start(self) -> "Claim":
         self.thread = threading.Thread(target=self.beat, name=f"claim heartbeat {self.folder.name}", daemon=True)

@@ -91,6 +91,14 @@ def test_a_beating_claim_is_never_taken_over(tmp_path):
     owner.release()
 
 
+def test_a_reader_never_sees_a_heartbeat_half_written(tmp_path):
+    owner = claims.Watcher(lease=0.006).take(tmp_path)  # a beat every millisecond
+    token = owner.record["token"]
+    reads = [claims.read_beat(tmp_path, token) for _ in range(20000)]
+    owner.release()
+    assert owner.beats > 50 and None not in reads
+
+
 def test_two_copies_started_at_once_train_every_epoch_of_every_run_once(tmp_path, data):
     probe = tmp_path / "probe"
     probe.mkdir()

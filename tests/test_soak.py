@@ -32,4 +32,6 @@ def test_a_round_of_faults_loses_and_doubles_nothing(tmp_path):
 def test_copies_that_ignore_each_others_claims_are_caught(tmp_path):
     code, output = soak(tmp_path, "--seed", "5", "--copies", "2", SOAK_DEFECT="unguarded")
     assert code == 1 and counted("violations", output) > 0, output
-    assert "was trained to its end" in output, output
+    # which invariant breaks first depends on timing: a run trained twice, or a run whose files the other copy
+    # cleared under it, failed with no fault to explain it
+    assert "was trained to its end" in output or "with no fault to explain it" in output, output
