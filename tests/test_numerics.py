@@ -253,7 +253,9 @@ class MappedBlocks(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         block = torch.ones(1 << 24)  # 64 MB
-        return libc.mallinfo().hblkhd >> 20, 0  # megabytes glibc mapped on their own, outside its heap
+        mapped = libc.mallinfo().hblkhd >> 20  # megabytes glibc mapped on their own, outside its heap
+        del block
+        return mapped, 0
 
 keep_freed_memory(torch.device("cpu"))
 loader = loaders.ClassicLoader(MappedBlocks(), loaders.BatchPlan(2, 1), torch.device("cpu"), None, None)
