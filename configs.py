@@ -1,34 +1,15 @@
-"""The ladder of ideas: each row grows from the row before it (its parent) by the ideas it names, each a named
-group of recipe settings in --set's notation, and its recipe follows from its parent's and its ideas (see
-settings.Recipe for the seed's defaults, which row 1 keeps). Only the number of epochs is a row's own, and a change
-of dataset is no idea: `python main.py ablate V` takes V's ideas out one at a time, on V's dataset.
+"""The built-in ladder of ideas, written with the API a user's ladder file uses (ladder.py): each row grows from the
+row before it (its parent) by the ideas it names, each a named group of recipe settings in --set's notation, and its
+recipe follows from its parent's and its ideas (see settings.Recipe for the seed's defaults, which row 1 keeps).
+Only the number of epochs is a row's own, and a change of dataset is no idea: `python main.py ablate V` takes V's
+ideas out one at a time, on V's dataset.
 
 A row also names its exact parameter count, the accuracies it is compared with, what it shows, and how long an
 epoch of it took on the 2-core CPU of docs/results.md (the seconds of its full run there over its epochs; version
 14's from its per-epoch column under "Numerics, compilation and test passes" in docs/speed.md), from which --dry-run
 estimates."""
-from dataclasses import replace
-
-from runner.overrides import apply
-from runner.settings import Recipe, Version
-
-VERSIONS: dict = {}
-
-
-def rung(number: int, dataset: str, ideas: dict, params: int, reference: tuple | None, remark: str,
-         reference_source: str = "seed", epochs: int | None = None, autocast: bool = False,
-         seconds: float | None = None) -> None:
-    """Add row `number` to the ladder: the row before it with `ideas` applied (row 1: the seed's recipe);
-    `seconds`: measured per epoch (None: not yet); `autocast`: bfloat16 by default where the device computes in
-    it."""
-    parent = number - 1 if number > 1 else None
-    recipe = VERSIONS[parent].recipe if parent else Recipe("MLP")
-    recipe = apply(recipe, {name: value for settings in ideas.values() for name, value in settings.items()})
-    if epochs:
-        recipe = replace(recipe, epochs=epochs)
-    VERSIONS[number] = Version(number, dataset, recipe, params, reference, remark, reference_source, parent, ideas,
-                              autocast, seconds)
-
+from ladder import BUILT_IN, VERSIONS, rung
+from runner import batch_transforms  # noqa: F401  (registers mixup, cutmix and cutout)
 
 rung(1, "mnist", {}, 79510, (0.95, 0.95), "We start with a simple MLP on MNIST", seconds=19 / 25)
 rung(2, "fashion_mnist", {}, 79510, (0.87, 0.85),
@@ -79,3 +60,5 @@ rung(14, "cifar10", {
     "batch 2000": {"batch_size": 2000},
 }, 1972792, (0.9533, 0.9075), "Muon orthogonalises the filters' updates, in fewer and larger steps",
     "ours", epochs=8, autocast=True, seconds=98.5)
+
+VERSIONS.update(BUILT_IN)

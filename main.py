@@ -13,7 +13,8 @@ from runner import checks
 from runner import train_command
 from runner import overrides
 from configs import VERSIONS
-from runner.settings import DATASETS, MODEL_KINDS, Recipe, device_name
+from ladder import SOURCE, LadderError, parent_row
+from runner.settings import DATASETS, Recipe, device_name
 
 
 def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
                                          "with probabilities for each image, converted and resized to the model's "
                                          "input.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with config.json and checkpoint.pt")
+    train_command.add_ladder_option(parser)
     if command == "predict":
         parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
         parser.add_argument("--onnx", action="store_true", help="with the run's exported model.onnx in ONNX Runtime, "
@@ -66,6 +68,8 @@ def describe_model(recipe: Recipe) -> str:
         text += f"+Dropout({args['dropout']})"
     if recipe.whitening:
         text = "Whitening+" + text
+    if recipe.batch_transform != "none":
+        text += f"+{recipe.batch_transform}"
     return text
 
 
@@ -88,7 +92,7 @@ def version_table() -> str:
         accuracy = [f"{value:.{2 if row.reference_source == 'seed' else 4}f}" for value in reference] \
             if reference else ["-", "-"]
         rows.append((str(row.number), DATASETS[row.dataset].title, describe_model(recipe), describe_optimizer(recipe),
-                     str(recipe.batch_size), str(recipe.epochs), f"{row.params:,}", *accuracy))
+                     str(recipe.batch_size), str(recipe.epochs), f"{row.params:,}" if row.params else "-", *accuracy))
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
 
     def aligned(cells: tuple) -> str:
@@ -98,26 +102,37 @@ def version_table() -> str:
     for cells, row in zip(rows, VERSIONS.values()):
         lines.append(aligned(cells))
         lines += textwrap.wrap(row.remark, LIST_WIDTH, initial_indent=REMARK_INDENT, subsequent_indent=REMARK_INDENT)
-    seed_rows = [n for n, row in VERSIONS.items() if row.reference_source == "seed" and row.reference]
-    ours = [n for n, row in VERSIONS.items() if row.reference_source != "seed" and row.reference]
-    footer = f"train, test: the reference accuracies, the seed's published ones for {min(seed_rows)}-{max(seed_rows)}"
-    if ours:
-        footer += f"; for {', '.join(map(str, ours))} our own full runs on the CIFAR-10 JPEG copy (see README.md)"
-    if len(ours) + len(seed_rows) < len(VERSIONS):
-        footer += "; - : not measured yet"
-    autocast = ", ".join(str(n) for n, row in VERSIONS.items() if row.autocast)
-    footer += f". {autocast} train in bfloat16 autocast by default where the device computes in it (--no-amp: fp32)."
-    lines += ["", *textwrap.wrap(footer, LIST_WIDTH), "",
+    lines += ["", *textwrap.wrap(table_footer(), LIST_WIDTH), "",
               "Each row's ideas over its parent (main.py ablate V takes them out one at a time):"]
     for row in VERSIONS.values():
         if row.parent is None:
             continue
-        change = "" if VERSIONS[row.parent].dataset == row.dataset else f"on {DATASETS[row.dataset].title}; "
+        change = "" if parent_row(row).dataset == row.dataset else f"on {DATASETS[row.dataset].title}; "
         named = "; ".join(f"{idea} ({' '.join(overrides.arm_words(settings))})" for idea, settings in row.ideas.items())
         start = f"  {row.number:>2} = "
         lines += textwrap.wrap(f"{start}{row.parent} + {change}{named or 'no new idea'}", LIST_WIDTH,
                                subsequent_indent=" " * len(start))
     return "\n".join(lines)
+
+
+def table_footer() -> str:
+    """Where the reference accuracies come from, and which rows autocast by default."""
+    seed_rows = [n for n, row in VERSIONS.items() if row.reference_source == "seed" and row.reference]
+    ours = [n for n, row in VERSIONS.items() if row.reference_source != "seed" and row.reference]
+    parts = []
+    if seed_rows:
+        parts.append(f"the seed's published ones for {min(seed_rows)}-{max(seed_rows)}")
+    if ours:
+        parts.append(f"for {', '.join(map(str, ours))} our own full runs on the CIFAR-10 JPEG copy (see README.md)")
+    if len(ours) + len(seed_rows) < len(VERSIONS):
+        parts.append("- : none given")
+    footer = f"train, test: the reference accuracies, {'; '.join(parts)}."
+    autocast = ", ".join(str(n) for n, row in VERSIONS.items() if row.autocast)
+    if autocast:
+        footer += f" {autocast} train in bfloat16 autocast by default where the device computes in it (--no-amp: fp32)."
+    if SOURCE:
+        footer += f" Rows of the ladder file {SOURCE['file']}."
+    return footer
 
 
 def fields_table() -> str:
@@ -130,13 +145,14 @@ def fields_table() -> str:
         default = "-" if default is MISSING else overrides.written(default)
         versions = [n for n, row in VERSIONS.items() if overrides.written(getattr(row.recipe, name)) != default]
         rows.append(field_row(setting, default, versions))
-    for model, kind in MODEL_KINDS.items():
-        for argument, (_, _, default) in kind.arguments.items():
-            setting = overrides.model_settings(model)[overrides.MODEL_PREFIX + argument]
-            versions = [n for n, row in VERSIONS.items() if row.recipe.model == model
-                        and argument in row.recipe.model_args]
-            rows.append(field_row(setting, f"{'required' if default is None else overrides.written(default)} "
-                                           f"({model})", versions))
+    for chosen, (arguments, kinds) in overrides.CHOSEN.items():
+        for name, kind in kinds.items():
+            for argument, (_, _, default) in kind.arguments.items():
+                setting = overrides.argument_settings(chosen, name)[overrides.prefix_of(chosen) + argument]
+                versions = [n for n, row in VERSIONS.items() if getattr(row.recipe, chosen) == name
+                            and argument in getattr(row.recipe, arguments)]
+                rows.append(field_row(setting, f"{'required' if default is None else overrides.written(default)} "
+                                               f"({name})", versions))
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
                      for line in [header, *rows])
@@ -186,9 +202,39 @@ def show_status(argv: list) -> int:
     return 0
 
 
+def take_ladder(argv: list) -> tuple[list, str | None]:
+    """The words without `--ladder FILE` (given anywhere), and FILE: it is run before anything else is parsed,
+    since its rows are what VERSIONS names."""
+    words, files = [], []
+    iterator = iter(argv)
+    for word in iterator:
+        if word == "--ladder":
+            files.append(next(iterator, None))
+        elif word.startswith("--ladder="):
+            files.append(word.partition("=")[2])
+        else:
+            words.append(word)
+    if not files:
+        return words, None
+    if len(files) > 1 or not files[0]:
+        train_command.build_parser().error("give --ladder FILE once, with the ladder file's path")
+    return words, files[0]
+
+
 def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        argv, ladder_file = take_ladder(argv)
+        if ladder_file:
+            from runner import ladder_files
+
+            try:
+                ladder_files.load(ladder_file)
+            except LadderError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return error.exit_code
+            if argv and argv[0] not in ("list", "fields", "status"):  # every process it starts carries it on
+                argv += ["--ladder", SOURCE["file"]]
         if not argv:
             train_command.build_parser().print_usage()
             print(f"\n{version_table()}\n\nRun one with: python main.py VERSION (e.g. python main.py 9); "

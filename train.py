@@ -50,21 +50,24 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def summed_loss(output: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The batch's summed loss; outputs are log-probabilities, so this is the negative log-likelihood (with label
-    smoothing, the cross-entropy against smoothed targets)."""
-    if label_smoothing:
-        return F.cross_entropy(output.float(), labels, label_smoothing=label_smoothing, reduction="sum")
-    return F.nll_loss(output.float(), labels, reduction="sum")
+def summed_loss(output: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The batch's summed loss; outputs are log-probabilities, so against labels this is the negative
+    log-likelihood, and with label smoothing or targets that are class probabilities (a batch transform's) the
+    cross-entropy (whose log_softmax leaves log-probabilities as they are)."""
+    if label_smoothing or targets.is_floating_point():
+        return F.cross_entropy(output.float(), targets, label_smoothing=label_smoothing, reduction="sum")
+    return F.nll_loss(output.float(), targets, reduction="sum")
 
 
 def train_step(state: TrainingState, images: torch.Tensor, labels: torch.Tensor,
                divisor: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on the loss summed and divided by `divisor` (the batch's size, or this process's share
-    of the global batch); returns the summed loss and the correct count, still on the device."""
+    of the global batch); returns the summed loss and the correct count, still on the device. The recipe's batch
+    transform makes the images and targets the loss sees; the count is against the labels before it."""
+    images, targets = state.transform_batch(images, labels)
     with autocast(images.device, state.amp):
         output = state.step_model(images)
-    loss = summed_loss(output, labels, state.recipe.label_smoothing)
+    loss = summed_loss(output, targets, state.recipe.label_smoothing)
     for optimizer in state.optimizers:
         optimizer.zero_grad(set_to_none=True)
     (loss / divisor).backward()
@@ -209,7 +212,7 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     device = resolve_device(runtime.device)
     prepare_torch(device, runtime.threads, run.identity.deterministic)
     seed_process(run.identity.seed, group.rank)
-    model = build_model(recipe, DATASETS[run.dataset].channels)
+    model = build_model(recipe, DATASETS[run.dataset].channels, len(DATASETS[run.dataset].class_sizes))
     source = DataSource.of(run)
     if group.data_parallel:
         splits, classes = prepare_once_per_machine("preparing the data", lambda: load_splits(run, source, resume))
@@ -278,16 +281,16 @@ def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loa
     test = None
     if epoch % runtime.eval_every == 0 or last:
         tested = time.perf_counter()
-        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, group=state.group,
-                        keep_outputs=last and recipe.tta == "none" and test_split is not None and folder.writer)
+        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, len(state.classes),
+                        group=state.group, keep_outputs=last and recipe.tta == "none" and test_split is not None and folder.writer)
         row.update({f"{split}_loss": test.loss, f"{split}_acc": test.accuracy,
                     "test_seconds": round(time.perf_counter() - tested, 3)})
         line += f" | {SPLIT_TITLES[split]} Loss: {test.loss:.4f} | {SPLIT_TITLES[split]} Acc: {test.accuracy:.4f}"
     row["seconds"] = round(time.perf_counter() - started, 3)
     if last and recipe.tta != "none":
         started = time.perf_counter()
-        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, tta=recipe.tta,
-                        group=state.group, keep_outputs=test_split is not None and folder.writer)
+        test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, len(state.classes),
+                        tta=recipe.tta, group=state.group, keep_outputs=test_split is not None and folder.writer)
         row.update({f"final_{split}_loss": test.loss, f"final_{split}_acc": test.accuracy, "tta": recipe.tta,
                     f"final_{split}_seconds": round(time.perf_counter() - started, 3)})
     state.epoch = epoch

@@ -1,4 +1,6 @@
 """Model families of the ladder, looked up by the name a recipe gives, and the input layers a recipe adds."""
+import inspect
+
 import torch
 from torch import nn
 
@@ -8,25 +10,30 @@ from models.inputs import WHITENING_IMAGES, Normalize, PatchWhitening
 from models.mlp import MLP
 from models.small_convnet import SmallConvNet
 from models.wide_convnet import WideConvNet
-from runner.settings import MODEL_KINDS
+from runner.settings import MODEL_KINDS, REGISTERED
 
 MODELS = {cls.__name__: cls for cls in (MLP, SmallConvNet, WideConvNet, ConvNet4, AirbenchNet)}
 
 
-def build_model(recipe, channels: int) -> nn.Module:
-    """The recipe's model for images of `channels` channels, behind the input layers the recipe asks for. Without
-    input layers it is the bare model, so its state keeps the names older checkpoints have."""
+def build_model(recipe, channels: int, classes: int) -> nn.Module:
+    """The recipe's model (a built-in one, or one a ladder file registered) for images of `channels` channels and
+    `classes` classes, behind the input layers the recipe asks for. Without input layers it is the bare model, so its
+    state keeps the names older checkpoints have."""
     layers, model_args = [], dict(recipe.model_args)
+    cls = MODELS.get(recipe.model) or REGISTERED["model"][recipe.model]
+    takes = inspect.signature(cls).parameters
+    if "classes" in takes:
+        model_args["classes"] = classes
     if recipe.normalize:
         layers.append(Normalize(channels))
-    if MODEL_KINDS[recipe.model].takes is None:  # any number of channels: those it is given
+    if MODEL_KINDS[recipe.model].takes is None and "in_channels" in takes:  # any number of channels: those given
         model_args["in_channels"] = channels
     if recipe.whitening:
         whitening = PatchWhitening(channels)
         layers.append(whitening)
         model_args["in_channels"] = whitening.conv.out_channels
     try:
-        model = MODELS[recipe.model](**model_args)
+        model = cls(**model_args)
     except TypeError as error:
         raise ValueError(f"model {recipe.model} cannot take {model_args} ({error})") from None
     return nn.Sequential(*layers, model) if layers else model

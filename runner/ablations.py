@@ -6,7 +6,8 @@ is read."""
 from dataclasses import dataclass, replace
 
 from configs import VERSIONS
-from runner.overrides import MODEL_PREFIX, SetError, apply
+from ladder import Builtin, parent_row
+from runner.overrides import CHOSEN, SetError, apply, chosen_by
 from runner.settings import Recipe
 
 
@@ -27,20 +28,19 @@ def check_ablatable(version: int) -> None:
     if row.parent is None:
         raise SetError(f"ablate {version}: version {version} is the first row of the ladder and has no parent to "
                        "compare with")
-    parent = VERSIONS[row.parent]
+    parent = parent_row(row)
     if parent.dataset != row.dataset:
-        raise SetError(f"ablate {version}: version {version}'s parent, {parent.number}, trains on {parent.dataset} "
+        raise SetError(f"ablate {version}: version {version}'s parent, {row.parent}, trains on {parent.dataset} "
                        f"and {version} on {row.dataset}; a change of dataset is no idea. Ablate a version whose "
                        "parent has its dataset (3-5, 7-13)")
 
 
 def moving_idea(version: int, name: str) -> str | None:
-    """The idea of the version that moves the --set name, or None. An idea that changes the model moves all its
-    arguments, and one that changes an argument moves the model (whose change would reset the arguments)."""
+    """The idea of the version that moves the --set name, or None. An idea that changes the model (or batch
+    transform) moves all its arguments, and one that changes an argument moves the model (whose change would reset
+    the arguments)."""
     for idea, settings in VERSIONS[version].ideas.items():
-        arguments = any(setting.startswith(MODEL_PREFIX) for setting in settings)
-        if name in settings or (name.startswith(MODEL_PREFIX) and "model" in settings) or (
-                name == "model" and arguments):
+        if name in settings or chosen_by(name) in settings or any(chosen_by(setting) == name for setting in settings):
             return idea
     return None
 
@@ -48,20 +48,22 @@ def moving_idea(version: int, name: str) -> str | None:
 def without(version: int, idea: str) -> Recipe:
     """The version's recipe with one idea's settings back at its parent's values."""
     row = VERSIONS[version]
-    recipe, parent = row.recipe, VERSIONS[row.parent].recipe
-    model, model_args, changes = recipe.model, dict(recipe.model_args), {}
+    recipe, parent = row.recipe, parent_row(row).recipe
+    changes = {arguments: dict(getattr(recipe, arguments)) for arguments, _ in CHOSEN.values()}
     for name in row.ideas[idea]:
-        if name == "model":
-            model, model_args = parent.model, dict(parent.model_args)
-        elif name.startswith(MODEL_PREFIX):
-            argument = name[len(MODEL_PREFIX):]
-            if argument in parent.model_args:
-                model_args[argument] = parent.model_args[argument]
+        chosen = chosen_by(name)
+        if name in CHOSEN:
+            changes[name] = getattr(parent, name)
+            changes[CHOSEN[name][0]] = dict(getattr(parent, CHOSEN[name][0]))
+        elif chosen:
+            arguments, argument = CHOSEN[chosen][0], name[len(chosen) + 1:]
+            if argument in getattr(parent, arguments):
+                changes[arguments][argument] = getattr(parent, arguments)[argument]
             else:
-                model_args.pop(argument, None)
+                changes[arguments].pop(argument, None)
         else:
             changes[name] = getattr(parent, name)
-    return replace(recipe, model=model, model_args=model_args, **changes)
+    return replace(recipe, **changes)
 
 
 def plan(version: int, add: bool = False) -> list:
@@ -69,9 +71,12 @@ def plan(version: int, add: bool = False) -> list:
     first; every arm trains for the version's epochs, in its numerics."""
     check_ablatable(version)
     row = VERSIONS[version]
-    parent = Arm(row.parent, replace(VERSIONS[row.parent].recipe, epochs=row.recipe.epochs), "", row.autocast)
+    # a built-in parent of a ladder file's row runs as that row, named for what it is
+    parent = Arm(version, parent_row(row).recipe, str(row.parent), row.autocast) if isinstance(row.parent, Builtin) \
+        else Arm(row.parent, VERSIONS[row.parent].recipe, "", row.autocast)
+    parent = replace(parent, recipe=replace(parent.recipe, epochs=row.recipe.epochs))
     if add:
-        return [parent] + [Arm(row.parent, apply(parent.recipe, settings), f"with {idea}", row.autocast)
+        return [parent] + [Arm(parent.version, apply(parent.recipe, settings), f"with {idea}", row.autocast)
                            for idea, settings in row.ideas.items()]
     # A row of one idea without it is its parent, which is an arm already.
     return [Arm(version, row.recipe, "", row.autocast)] + [

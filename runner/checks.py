@@ -130,7 +130,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         check_readable_dir(parser, "--resume", args.resume)
         if not os.path.isfile(os.path.join(args.resume, "config.json")):
             parser.error(f"--resume {args.resume}: not a run folder (no config.json in it)")
-        allowed = resumable_names() | {"resume", "procs", "lease"}
+        allowed = resumable_names() | {"resume", "procs", "lease", "ladder"}  # the ladder: checked against the run's
         negatable = {f.name for kind in SETTINGS for f in flag_fields(kind) if f.metadata["negatable"]}
         changed = [name for name, value in values.items()
                    if (was_given(value) or (name in negatable and value is False)) and name not in allowed]

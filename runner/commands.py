@@ -17,7 +17,7 @@ from runner import plan
 from runner.cli_words import command_words
 from runner.console import EXIT_CODES, STOP, Stopped
 from runner.errors import OthersTraining, RunnerError
-from runner.records import CHECKPOINT, SLURM_LOGS, RunFolder, leave_failure_marker
+from runner.records import CHECKPOINT, SLURM_LOGS, RunFolder, check_ladder, leave_failure_marker
 from runner.settings import RunConfig, Runtime, flag_fields, given
 
 
@@ -215,6 +215,7 @@ def resume(parser, args, progress: Progress) -> None:
     given."""
     folder = RunFolder(Path(args.resume))
     run = folder.read_config()
+    check_ladder(run, folder.path)
     changes = given(Runtime, vars(args))
     stored = run.runtime.device
     if distributed.launched() and stored.startswith("cuda"):
@@ -264,6 +265,7 @@ def run_saved(parser, args, command: str) -> None:
     """eval or predict a finished run (main.py has checked the arguments), in the run's numerics."""
     folder = RunFolder(Path(args.run_dir))
     run = folder.read_config()
+    check_ladder(run, folder.path)
     from runner import saved
     from runner.sources import DataSource
 

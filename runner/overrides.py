@@ -10,10 +10,12 @@ import itertools
 import math
 from dataclasses import dataclass, fields, replace
 
-from runner.settings import DATASETS, LARGEST_INT, MODEL_KINDS, Recipe
+from runner.settings import DATASETS, LARGEST_INT, MODEL_KINDS, TRANSFORM_KINDS, Recipe
 
-MODEL_PREFIX = "model."
-NOT_SET_HERE = {"model_args"}  # set argument by argument, as model.NAME
+# The recipe fields whose choice takes arguments of its own, set as PREFIX + argument: field -> (its arguments'
+# field, the kinds by name). A change of the choice drops the arguments of the one before.
+CHOSEN = {"model": ("model_args", MODEL_KINDS), "batch_transform": ("batch_transform_args", TRANSFORM_KINDS)}
+NOT_SET_HERE = {arguments for arguments, _ in CHOSEN.values()}  # set argument by argument, as PREFIX + NAME
 
 
 class SetError(ValueError):
@@ -30,26 +32,50 @@ class Setting:
     range: object = None
 
 
+def choices_of(name: str) -> tuple:
+    """The values a text field takes; a registry's names are read now, since ladder files register more."""
+    field_ = Recipe.__dataclass_fields__[name]
+    if name in CHOSEN:
+        return (*field_.metadata["choices"], *CHOSEN[name][1])
+    return field_.metadata.get("choices", ())
+
+
 def recipe_settings() -> dict:
     settable = {}
     for f in fields(Recipe):
         if f.name not in NOT_SET_HERE:
-            settable[f.name] = Setting(f.name, f.type, f.metadata.get("choices", ()), f.metadata.get("range"))
+            settable[f.name] = Setting(f.name, f.type, choices_of(f.name), f.metadata.get("range"))
     return settable
+
+
+def prefix_of(chosen: str) -> str:
+    return chosen + "."
+
+
+def argument_settings(chosen: str, name: str) -> dict:
+    """What --set takes for the arguments of one model or batch transform (chosen: "model" or "batch_transform")."""
+    prefix = prefix_of(chosen)
+    return {prefix + argument: Setting(prefix + argument, kind, (), limits)
+            for argument, (kind, limits, _) in CHOSEN[chosen][1][name].arguments.items()}
 
 
 def model_settings(model: str) -> dict:
-    return {MODEL_PREFIX + name: Setting(MODEL_PREFIX + name, kind, (), limits)
-            for name, (kind, limits, _) in MODEL_KINDS[model].arguments.items()}
+    return argument_settings("model", model)
 
 
 def every_setting() -> dict:
-    """Every name --set knows: the recipe's fields and the arguments of every model family (one argument name has
-    one type and range in every family that takes it)."""
+    """Every name --set knows: the recipe's fields and the arguments of every model and batch transform (one
+    argument name has one type and range in every one that takes it)."""
     settable = recipe_settings()
-    for model in MODEL_KINDS:
-        settable.update(model_settings(model))
+    for chosen, (_, kinds) in CHOSEN.items():
+        for name in kinds:
+            settable.update(argument_settings(chosen, name))
     return settable
+
+
+def chosen_by(name: str) -> str | None:
+    """The field whose choice a --set name is an argument of ("model" for model.width), or None."""
+    return next((chosen for chosen in CHOSEN if name.startswith(prefix_of(chosen))), None)
 
 
 def parse_value(setting: Setting, text: str):
@@ -115,6 +141,21 @@ def parse_assignments(words: list) -> dict:
     return assignments
 
 
+def check_settings(settings: dict, where: str) -> None:
+    """Settings written as Python values (a ladder's ideas) must be ones --set could give: known names, and values
+    of their types, choices and ranges (SetError otherwise)."""
+    known = every_setting()
+    for name, value in settings.items():
+        if name not in known:
+            closest = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {closest[0]}?" if closest else ""
+            raise SetError(f"{where}: no field {name}{hint} (see: python main.py fields)")
+        try:
+            parse_value(known[name], written(value))
+        except SetError as error:
+            raise SetError(f"{where}: {error}".replace("--set ", "", 1)) from None
+
+
 def grid(assignments: dict) -> list:
     """Every combination of the values, in the order given: [{'lr': 0.1, 'flip': 'random'}, ...]."""
     names = list(assignments)
@@ -122,18 +163,23 @@ def grid(assignments: dict) -> list:
 
 
 def apply(recipe: Recipe, arm: dict) -> Recipe:
-    """The recipe with an arm's settings; SetError when a model argument is not one of the model's."""
-    model = arm.get("model", recipe.model)
-    model_args = dict(recipe.model_args) if model == recipe.model else {}
-    for name, value in arm.items():
-        if name.startswith(MODEL_PREFIX):
-            argument = name[len(MODEL_PREFIX):]
-            if argument not in MODEL_KINDS[model].arguments:
-                raise SetError(f"--set {name}: {model} has no argument {argument} (it takes "
-                               f"{', '.join(MODEL_KINDS[model].arguments) or 'none'})")
-            model_args[argument] = value
-    return replace(recipe, model_args=model_args,
-                   **{name: value for name, value in arm.items() if not name.startswith(MODEL_PREFIX)})
+    """The recipe with an arm's settings; SetError when an argument is not one of its model's or transform's."""
+    changes = {name: value for name, value in arm.items() if not chosen_by(name)}
+    for chosen, (arguments_field, kinds) in CHOSEN.items():
+        choice = arm.get(chosen, getattr(recipe, chosen))
+        arguments = dict(getattr(recipe, arguments_field)) if choice == getattr(recipe, chosen) else {}
+        prefix = prefix_of(chosen)
+        for name, value in arm.items():
+            if not name.startswith(prefix):
+                continue
+            argument = name[len(prefix):]
+            known = kinds[choice].arguments if choice in kinds else {}
+            if argument not in known:
+                raise SetError(f"--set {name}: {chosen}={choice} has no argument {argument} (it takes "
+                               f"{', '.join(known) or 'none'})")
+            arguments[argument] = value
+        changes[arguments_field] = arguments
+    return replace(recipe, **changes)
 
 
 def arm_recipe(base: Recipe, flags: dict, arm: dict) -> Recipe:
@@ -148,9 +194,12 @@ def check_recipe(recipe: Recipe, dataset: str, classic_loader: bool) -> None:
         channels, size = kind.takes
         raise SetError(f"model={recipe.model} takes {'grey' if channels == 1 else 'RGB'} {size}x{size} images, not "
                        f"{images.title}'s: choose a version on such images")
-    missing = [name for name in kind.required if name not in recipe.model_args]
-    if missing:
-        raise SetError(f"model={recipe.model} needs {' and '.join(MODEL_PREFIX + name for name in missing)}")
+    for chosen, (arguments_field, kinds) in CHOSEN.items():
+        choice = getattr(recipe, chosen)
+        missing = [name for name in kinds[choice].required
+                   if name not in getattr(recipe, arguments_field)] if choice in kinds else []
+        if missing:
+            raise SetError(f"{chosen}={choice} needs {' and '.join(prefix_of(chosen) + name for name in missing)}")
     if recipe.whitening and kind.takes is not None:
         raise SetError(f"whitening=true needs a model that takes any number of channels and pools its features "
                        f"globally (AirbenchNet); {recipe.model} does not")

@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable
 
 from configs import VERSIONS
+from ladder import SOURCE
 from runner import overrides
 from runner.settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, given
 from runner.sources import DataSource, data_identity
@@ -44,7 +45,7 @@ def run_config(version: int, args, seed: int, arm: dict, base: Recipe, idea: str
     source = DataSource(row.dataset, settings.data_dir, settings.image_folder, settings.cache_dir,
                         identity.get("resize", False), identity.get("holdout", 0))
     return RunConfig(version, row.dataset, overrides.arm_recipe(base, changes, arm),
-                     RunIdentity(**identity, data=data_identity(source)), settings,
+                     RunIdentity(**identity, data=data_identity(source), ladder=dict(SOURCE)), settings,
                      {**changes, **arm, **given(RunIdentity, values)}, arm, idea)
 
 

@@ -91,9 +91,10 @@ def config_from_record(saved: dict) -> RunConfig:
     """A RunConfig from config.json. The record is flat (the three settings types share no field name); one of
     the first release (format 1) lacks the fields added since, which take the version's recipe and the defaults,
     and its data identity is worked out from the data it names."""
-    from configs import VERSIONS
+    from configs import BUILT_IN
 
-    recipe = from_record(Recipe, {**asdict(VERSIONS[saved["version"]].recipe), **saved})
+    row = None if saved.get("ladder") else BUILT_IN.get(saved["version"])  # a ladder file's records are whole
+    recipe = from_record(Recipe, {**(asdict(row.recipe) if row else {}), **saved})
     runtime = from_record(Runtime, saved)
     if "data" not in saved:
         from runner.sources import DataSource, data_identity
@@ -105,6 +106,27 @@ def config_from_record(saved: dict) -> RunConfig:
             saved = {**saved, "data": {"dataset": saved["dataset"], "image_folder": {"path": runtime.image_folder}}}
     return RunConfig(saved["version"], saved["dataset"], recipe, from_record(RunIdentity, saved), runtime,
                      dict(saved.get("overrides", {})), dict(saved.get("arm", {})), saved.get("idea", ""))
+
+
+def check_ladder(run: RunConfig, where: Path) -> None:
+    """A saved run is continued, tested or exported with the ladder it was trained on: its ladder file, unchanged
+    (found by its hash wherever it now lies), or none for a built-in row. The file is run only when the command line
+    names it, never from the path recorded here."""
+    from ladder import SOURCE
+
+    recorded = run.identity.ladder
+    if recorded.get("sha256") == SOURCE.get("sha256"):
+        return
+    if not recorded:
+        raise RunnerError(f"{where} is a run of the built-in ladder: leave out --ladder")
+    if not SOURCE:
+        raise RunnerError(f"{where} is a run of the ladder file {recorded['file']}: give --ladder "
+                          f"{recorded['file']} again")
+    if recorded["file"] == SOURCE["file"]:
+        raise RunnerError(f"{SOURCE['file']} changed since {where} was trained with it: give the file as it was "
+                          "then, or train the run anew")
+    raise RunnerError(f"{SOURCE['file']} is not the ladder file {where} was trained with ({recorded['file']}): give "
+                      "that one, unchanged, or train the run anew")
 
 
 class RunFolder:

@@ -50,11 +50,19 @@ def prepare_results_folder(path: Path) -> None:
         path.mkdir(parents=True)
 
 
+def ladder_name(source: dict) -> str:
+    return f"the ladder file {source['file']} (SHA-256 {source['sha256'][:12]})" if source else "the built-in ladder"
+
+
 def check_same_run(folder: RunFolder, planned: RunConfig) -> None:
     """A run folder of the table must hold the run the table asks for."""
     changes = run_differences(folder.read_config(), planned)
     if changes:
         name, theirs, ours = changes[0]
+        if name == "ladder":
+            raise RunnerError(f"{folder.path} was trained on {ladder_name(theirs)}, this command runs "
+                              f"{ladder_name(ours)}: give the file it was trained with, unchanged, or use another "
+                              "--out")
         why = {"epochs": " (its schedule spans the epochs it was trained with)",
                "amp": f" (bfloat16 autocast; give {'--amp' if theirs else '--no-amp'} to continue its folder)"}
         raise RunnerError(f"{folder.path} was trained with {name}={theirs!r}{why.get(name, '')}, this command asks "
@@ -458,8 +466,8 @@ def compare_rows(rows: list) -> list:
 
 
 def parameter_count(run: RunConfig, folders: list) -> int | None:
-    """The version's count, or for an arm that changes the recipe, what its runs counted (None before any ran)."""
-    if not arm_text(run):
+    """The version's count where its row gives one, else what its runs counted (None before any ran)."""
+    if not arm_text(run) and VERSIONS[run.version].params:
         return VERSIONS[run.version].params
     for folder in folders:
         if (folder / "config.json").exists():

@@ -21,7 +21,7 @@ def load_trained(folder: RunFolder, run: RunConfig, device: torch.device,
     """A saved run's model with the last checkpoint's weights (in eval mode), and its class names; `state`: the
     checkpoint, when the caller has read it already."""
     state = state or folder.load_checkpoint()
-    model = build_model(run.recipe, DATASETS[run.dataset].channels)
+    model = build_model(run.recipe, DATASETS[run.dataset].channels, len(state["classes"]))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, ValueError) as error:

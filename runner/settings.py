@@ -154,10 +154,28 @@ MODEL_KINDS = {
 
 
 @dataclass(frozen=True)
+class TransformKind:
+    """A batch transform as the command line sees it: the arguments `--set batch_transform.NAME=...` may give, as
+    ModelKind's."""
+
+    arguments: dict
+
+    @property
+    def required(self) -> list:
+        return [name for name, (_, _, default) in self.arguments.items() if default is None]
+
+
+# Batch transforms by name: the built-in ones (runner/batch_transforms.py) and a ladder file's register here.
+TRANSFORM_KINDS: dict = {}
+# What registered names build: a ladder file's model classes, and every batch transform's function.
+REGISTERED = {"model": {}, "batch_transform": {}}
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How a version trains. Learning rates are PyTorch's, for a loss averaged over the batch."""
 
-    model: str = field(metadata=accepts(*MODEL_KINDS))
+    model: str = field(metadata=accepts())  # choices: MODEL_KINDS when read (ladder files register more)
     model_args: dict = field(default_factory=dict)
     # muon: PyTorch's Muon over the convolution filters, SGD (the settings below) over the other parameters
     optimizer: str = field(default="sgd", metadata=accepts("sgd", "adam", "muon"))
@@ -198,6 +216,10 @@ class Recipe:
     lookahead_from: int = field(default=0, metadata=accepts(within=AT_LEAST_0))
     # test-time augmentation of the final test
     tta: str = field(default="none", metadata=accepts("none", "mirror", "mirror+shift"))
+    # a registered function applied to each training batch on the device (mixup, cutmix, cutout, or a ladder
+    # file's): choices are "none" and TRANSFORM_KINDS when read
+    batch_transform: str = field(default="none", metadata=accepts("none"))
+    batch_transform_args: dict = field(default_factory=dict)
 
     @property
     def scheduled(self) -> bool:
@@ -232,6 +254,8 @@ class RunIdentity:
     holdout_seed: int = field(default=0, metadata=option(
         "--holdout-seed", "which images --holdout takes (default 0; the same for every --seed)", seed_number, "S"))
     data: dict = field(default_factory=dict)
+    # the ladder file whose row this is, {"file": absolute path, "sha256": its hash}; {} for a built-in row
+    ladder: dict = field(default_factory=dict)
 
     @property
     def evaluated(self) -> str:

@@ -3,8 +3,8 @@ epoch, step and metrics, in one object whose state_dict is the checkpoint.
 
 Checkpoints carry a format number. Format 1 (the first release) had fixed keys; it still loads, with defaults for
 what it lacks. Format 3 keeps a list of optimizers (Muon and SGD for optimizer=muon) where 1 and 2 kept one.
-Random streams: `shuffle` orders the batches and is shared by every process; `augment` and torch's
-own generator (dropout) belong to each process and are saved per process, as is the training device's generator.
+Random streams: `shuffle` orders the batches and is shared by every process; `augment`, `batch_transform` and
+torch's own generator (dropout) belong to each process and are saved per process, as is the training device's generator.
 """
 import math
 
@@ -15,10 +15,11 @@ from runner.devices import derive_seed, device_rng_state, restore_device_rng
 from runner.distributed import SOLO, Group
 from models import whitening_layer
 from runner.optimizers import make_optimizers
-from runner.settings import Recipe
+from runner.settings import REGISTERED, Recipe
 
 FORMAT = 3
 LOOKAHEAD_EVERY = 5
+PER_PROCESS = ("augment", "workers", "batch_transform")  # generators each process draws from on its own
 
 
 def lr_factor(recipe: Recipe, step: int, total: int) -> float:
@@ -48,7 +49,8 @@ class TrainingState:
         self.generators = {"shuffle": torch.Generator().manual_seed(seed),
                            "augment": torch.Generator().manual_seed(derive_seed(seed, "augment", rank)),
                            "flip": torch.Generator().manual_seed(derive_seed(seed, "flip")),
-                           "workers": torch.Generator().manual_seed(derive_seed(seed, "workers", rank))}
+                           "workers": torch.Generator().manual_seed(derive_seed(seed, "workers", rank)),
+                           "batch_transform": torch.Generator().manual_seed(derive_seed(seed, "batch transform", rank))}
         self.steps_per_epoch = steps_per_epoch
         self.epoch = self.step = 0
         self.metrics, self.classes = [], []
@@ -73,6 +75,14 @@ class TrainingState:
     def lr(self) -> float:
         """The main group's current learning rate (the last of the first optimizer's)."""
         return self.optimizers[0].param_groups[-1]["lr"]
+
+    def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recipe's batch transform of a training batch: images, and targets (labels or probabilities)."""
+        if self.recipe.batch_transform == "none":
+            return images, labels
+        transform = REGISTERED["batch_transform"][self.recipe.batch_transform]
+        return transform(images, labels, classes=len(self.classes), generator=self.generators["batch_transform"],
+                         **self.recipe.batch_transform_args)
 
     def frozen_parameters(self) -> list:
         """Parameters that take no update this epoch: the whitening bias after its epochs."""
@@ -104,12 +114,12 @@ class TrainingState:
 
     def process_rng(self) -> dict:
         return {"torch": torch.get_rng_state(), "device": device_rng_state(self.device),
-                "augment": self.generators["augment"].get_state(), "workers": self.generators["workers"].get_state()}
+                **{name: self.generators[name].get_state() for name in PER_PROCESS}}
 
     def restore_process_rng(self, saved: dict) -> None:
         torch.set_rng_state(saved["torch"])
         restore_device_rng(self.device, saved.get("device"))
-        for name in ("augment", "workers"):
+        for name in PER_PROCESS:
             if name in saved:
                 self.generators[name].set_state(saved[name])
 
@@ -151,7 +161,7 @@ class TrainingState:
         """Fresh per-process streams when a run continues on another number of processes; the shared batch order
         goes on unchanged."""
         torch.manual_seed(derive_seed(self.seed, occasion, self.group.rank))
-        for name in ("augment", "workers"):
+        for name in PER_PROCESS:
             self.generators[name].manual_seed(derive_seed(self.seed, name, occasion, self.group.rank))
 
     def diverged(self, loss: float, accuracy: float, classes: int) -> str | None:

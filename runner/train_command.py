@@ -153,6 +153,7 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
             group.add_argument("--procs", type=worker_count, metavar="N",
                                help="processes on this machine, as torchrun --nproc_per_node N (see "
                                "docs/many-runs.md)")
+    add_ladder_option(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and do nothing: each run's folder, "
                         "what it holds, its epochs and an estimate of its time (no torch imported, no image decoded, "
                         "nothing written, launched or submitted)")
@@ -182,6 +183,12 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
     slurm.add_argument("--slurm-executor", choices=("slurm", "local"), help="local: submitit's local executor, the "
                        "same tasks as processes on this machine (to try the array without a cluster)")
     return parser
+
+
+def add_ladder_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ladder", metavar="FILE", help="the rows of the ladder file FILE (your own models, data and "
+                        "ideas: see docs/extending.md) instead of the built-in ones; give it before or after the "
+                        "command, e.g. main.py --ladder my.py list")
 
 
 def lease_seconds(text: str) -> float:

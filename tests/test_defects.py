@@ -340,7 +340,7 @@ def fresh_state():
     from runner.state import TrainingState
 
     recipe = configs.VERSIONS[1].recipe
-    return TrainingState(1, recipe, build_model(recipe, 1), torch.device("cpu"), 0, 10)
+    return TrainingState(1, recipe, build_model(recipe, 1, 10), torch.device("cpu"), 0, 10)
 
 
 def test_divergence_has_a_rule_known_before_any_step():

@@ -127,7 +127,7 @@ def test_whitening_a_known_covariance_gives_the_identity_covariance():
 
 def test_test_time_augmentation_keeps_shapes_and_agrees_on_invariant_images():
     torch.manual_seed(0)
-    model = build_model(VERSIONS[13].recipe, 3).eval()
+    model = build_model(VERSIONS[13].recipe, 3, 10).eval()
     fit_input_layers(model, torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.Generator())
     constant = torch.rand(4, 3, 1, 1).expand(4, 3, 32, 32).contiguous()
     with torch.no_grad():
@@ -202,7 +202,7 @@ def test_v13_prints_that_its_final_test_uses_test_time_augmentation(cli, tmp_pat
     assert code == 0, err
     final = out.splitlines()[-2]
     assert final.startswith("Test Loss: ") and final.endswith("(test-time augmentation: mirror and 1-pixel shifts)")
-    assert whitening_layer(build_model(VERSIONS[13].recipe, 3)) is not None
+    assert whitening_layer(build_model(VERSIONS[13].recipe, 3, 10)) is not None
     assert math.isfinite(float(final.split("Test Acc: ")[1].split()[0]))
 
 

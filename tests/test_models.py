@@ -14,7 +14,7 @@ def input_shape(version: int) -> tuple:
 
 
 def model_of(version: int):
-    return build_model(VERSIONS[version].recipe, input_shape(version)[0])
+    return build_model(VERSIONS[version].recipe, input_shape(version)[0], 10)
 
 
 def test_the_table_has_complete_rows_numbered_from_one():

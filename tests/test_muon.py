@@ -30,7 +30,7 @@ def test_filter_muon_steps_a_channels_last_filter_bank_as_muon_steps_its_matrix(
 
 def test_version_14_gives_muon_the_trainable_filters_and_sgd_the_rest():
     row = VERSIONS[14]
-    model = build_model(row.recipe, 3)
+    model = build_model(row.recipe, 3, 10)
     fit_input_layers(model, torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.Generator())
     model = on_device(model, torch.device("cpu"))
     assert count_parameters(model) == row.params == VERSIONS[13].params

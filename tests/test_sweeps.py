@@ -114,8 +114,10 @@ def test_fields_lists_every_field_with_what_it_takes_and_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert "torch imported: False" in result.stdout
     names = [line.split()[0] for line in result.stdout.splitlines()[1:-1]]
-    assert set(names) == {name for name in Recipe.__dataclass_fields__ if name != "model_args"} | {
-        f"model.{argument}" for kind in MODEL_KINDS.values() for argument in kind.arguments}
+    assert set(names) == set(Recipe.__dataclass_fields__) - overrides.NOT_SET_HERE | {
+        f"{chosen}.{argument}" for chosen, (_, kinds) in overrides.CHOSEN.items() for kind in kinds.values()
+        for argument in kind.arguments}
+    assert {"batch_transform.alpha", "batch_transform.size", "model.width"} <= set(names)
     flip = next(line for line in result.stdout.splitlines() if line.startswith("flip "))
     assert "none | random | alternating" in flip and flip.rstrip().endswith("10,11,12,13,14")
 
