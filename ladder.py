@@ -61,6 +61,26 @@ def builtin(number: int) -> Builtin:
 
 PREVIOUS = object()  # rung's default parent: the row written before (none for the first)
 _writing: dict = BUILT_IN  # the ladder rung() adds rows to (runner/ladder_files.py points it at a file's)
+_from_file: list = []  # (registry, name) of what a ladder file registered
+KINDS = {"model": MODEL_KINDS, "batch_transform": TRANSFORM_KINDS}
+
+
+def use_built_in() -> None:
+    """Make the built-in ladder the one this process runs, forgetting what a ladder file registered."""
+    for registry, name in _from_file:
+        KINDS[registry].pop(name, None)
+        REGISTERED[registry].pop(name, None)
+    _from_file.clear()
+    VERSIONS.clear()
+    VERSIONS.update(BUILT_IN)
+    SOURCE.clear()
+
+
+def register(registry: str, name: str, kind, made) -> None:
+    KINDS[registry][name] = kind
+    REGISTERED[registry][name] = made
+    if _writing is not BUILT_IN:
+        _from_file.append((registry, name))
 
 
 def parent_row(row: Version) -> Version | None:
@@ -143,18 +163,17 @@ def model(takes: tuple | None = None):
             isinstance(value, int) and value > 0 for value in takes)):
         raise LadderError(f"model(takes={takes!r}): give (channels, size), e.g. (3, 32), or None for any")
 
-    def register(cls):
+    def register_class(cls):
         name = getattr(cls, "__name__", repr(cls))
         where = f"model {name}"
         if not inspect.isclass(cls):
             raise LadderError(f"{where}: @model registers a class (an nn.Module)")
         if name in MODEL_KINDS:
             raise LadderError(f"{where}: the name is taken by another model; rename the class")
-        MODEL_KINDS[name] = ModelKind(arguments_of(cls.__init__, MODEL_GIVEN, where), takes)
-        REGISTERED["model"][name] = cls
+        register("model", name, ModelKind(arguments_of(cls.__init__, MODEL_GIVEN, where), takes), cls)
         return cls
 
-    return register
+    return register_class
 
 
 def batch_transform(name: str):
@@ -162,7 +181,7 @@ def batch_transform(name: str):
     each training batch, on the device: f(images, labels, classes, generator, **arguments) -> (images, targets),
     with float images in [0, 1] of shape (N, C, H, W), int64 labels, and a CPU torch.Generator the checkpoint keeps
     (draw with it only). Targets are the labels, or class probabilities (N, classes) summing to one."""
-    def register(function):
+    def register_function(function):
         where = f"batch transform {name!r}"
         if not isinstance(name, str) or not name.isidentifier():
             raise LadderError(f"{where}: name it with letters, digits and underscores")
@@ -171,8 +190,7 @@ def batch_transform(name: str):
         missing = TRANSFORM_GIVEN - set(inspect.signature(function).parameters)
         if missing:
             raise LadderError(f"{where}: it must take {', '.join(sorted(missing))} (see: ladder.batch_transform)")
-        TRANSFORM_KINDS[name] = TransformKind(arguments_of(function, TRANSFORM_GIVEN, where))
-        REGISTERED["batch_transform"][name] = function
+        register("batch_transform", name, TransformKind(arguments_of(function, TRANSFORM_GIVEN, where)), function)
         return function
 
-    return register
+    return register_function

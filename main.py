@@ -13,7 +13,7 @@ from runner import checks
 from runner import train_command
 from runner import overrides
 from configs import VERSIONS
-from ladder import SOURCE, LadderError, parent_row
+from ladder import SOURCE, LadderError, parent_row, use_built_in
 from runner.settings import DATASETS, Recipe, device_name
 
 
@@ -225,6 +225,7 @@ def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv, ladder_file = take_ladder(argv)
+        use_built_in()  # unless the file's rows replace it below (a process may call main more than once)
         if ladder_file:
             from runner import ladder_files
 

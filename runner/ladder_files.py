@@ -13,22 +13,13 @@ from pathlib import Path
 import configs  # noqa: F401  (the built-in rows, which a file's rows may grow from)
 import ladder
 from ladder import BUILT_IN, VERSIONS, LadderError
-from runner.settings import DATASETS, MODEL_KINDS, REGISTERED, TRANSFORM_KINDS, Recipe
+from runner.settings import DATASETS, REGISTERED, Recipe
 
-BUILT_IN_NAMES = {"model": set(MODEL_KINDS), "batch_transform": set(TRANSFORM_KINDS)}
 DUMMY_BATCH = 2
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def forget_registrations() -> None:
-    """Drop what an earlier ladder file registered (a process that loads a second file, as tests do)."""
-    for kind, kinds in (("model", MODEL_KINDS), ("batch_transform", TRANSFORM_KINDS)):
-        for name in set(kinds) - BUILT_IN_NAMES[kind]:
-            del kinds[name]
-            REGISTERED[kind].pop(name, None)
 
 
 def error_line(path: Path, error: BaseException) -> str:
@@ -47,7 +38,7 @@ def load(file: str) -> None:
     if not path.is_file():
         raise LadderError(f"--ladder {file}: no such file (give the path of a ladder file, e.g. "
                           "examples/fashion_ladder.py)")
-    forget_registrations()
+    ladder.use_built_in()
     rows, ladder._writing = {}, {}
     module = types.ModuleType(path.stem)
     module.__file__ = str(path)
@@ -70,9 +61,8 @@ def load(file: str) -> None:
 
 
 def needs_check(recipe: Recipe) -> bool:
-    """A recipe with a model or batch transform of a ladder file's, which only a dummy batch can check."""
-    return recipe.model not in BUILT_IN_NAMES["model"] or recipe.batch_transform not in BUILT_IN_NAMES[
-        "batch_transform"] | {"none"}
+    """A recipe with a model of a ladder file's or a batch transform, which only a dummy batch can check."""
+    return recipe.model in REGISTERED["model"] or recipe.batch_transform != "none"
 
 
 def check_row(recipe: Recipe, dataset: str, where: str, params: int | None = None) -> None:
