@@ -1,10 +1,11 @@
-"""Datasets: MNIST, Fashion-MNIST and CIFAR-10 under --data-dir, or a folder of images per class.
+"""Datasets: MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100 and SVHN under --data-dir, or a folder of images per class.
 
 Where the images come from (DataSource, its files, its identity) is runner/sources.py's, which imports no torch.
 Each split is decoded once into uint8 tensors (N, C, H, W), pixel for pixel what torchvision hands to ToTensor, and
 cached under the cache folder, keyed by every source file's name, size and modification time. torchvision is
 imported only to download, to decode a dataset that is not cached yet, and for the classic loader, so a run
-starts fast. Every file is checked before it is decoded, so a damaged one is named with what to do about it.
+starts fast. Every file is checked before it is decoded, so a damaged one is named with what to do about it: CIFAR-100
+and SVHN by their structure, as a copy of them whose MD5 differs from torchvision's is only warned about.
 """
 import hashlib
 import json
@@ -12,6 +13,7 @@ import math
 import os
 import pickle
 import struct
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from runner.files import atomic_write
 from runner.folders import list_image_folder, split_folder
 from runner.holdout import HoldoutError, held_out
 from runner.images import decode_image, image_mode
-from runner.sources import DataSource, dataset_files
+from runner.sources import SVHN_CLASSES, DataSource, dataset_files
 from runner.settings import DATASETS
 
 CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served
@@ -46,7 +48,21 @@ def torchvision_class(dataset: str):
     import torchvision
 
     return {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
-            "cifar10": torchvision.datasets.CIFAR10}[dataset]
+            "cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
+            "svhn": torchvision.datasets.SVHN}[dataset]
+
+
+def _split_argument(dataset: str, train: bool) -> dict:
+    """How torchvision's class is told the split: SVHN's by name, the others' by train=."""
+    return {"split": "train" if train else "test"} if dataset == "svhn" else {"train": train}
+
+
+def _torchvision_sums(dataset: str) -> dict:
+    """torchvision's MD5 sum of each file of a CIFAR or SVHN copy, by file name."""
+    cls = torchvision_class(dataset)
+    if dataset == "svhn":
+        return {name: md5 for _, name, md5 in cls.split_list.values()}
+    return dict(cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]])
 
 
 def _check_idx(path: Path) -> tuple:
@@ -66,14 +82,19 @@ def _check_idx(path: Path) -> tuple:
     return dims
 
 
-def _download(source: DataSource, folder: Path, missing: list) -> None:
+def _reason(error: Exception) -> str:
+    """An exception's message as one line: its last, or the exception's name when it has none."""
+    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+
+
+def _download(source: DataSource, train: bool, folder: Path, missing: list) -> None:
     try:
         os.makedirs(source.data_dir, exist_ok=True)
-        torchvision_class(source.dataset)(root=source.data_dir, train=True, download=True)
+        torchvision_class(source.dataset)(root=source.data_dir, download=True, **_split_argument(source.dataset, train))
     except Exception as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise DataError(f"{DATASETS[source.dataset].title} is not in {folder} and could not be downloaded ({reason}): "
-                        f"put {', '.join(missing)} there, or point --data-dir at a folder that has them") from None
+        raise DataError(f"{DATASETS[source.dataset].title} is not in {folder} and could not be downloaded "
+                        f"({_reason(error)}): put {', '.join(missing)} there, or point --data-dir at a folder that "
+                        "has them") from None
 
 
 def _dataset_files(source: DataSource, train: bool) -> list:
@@ -81,17 +102,127 @@ def _dataset_files(source: DataSource, train: bool) -> list:
     files = dataset_files(source, train)
     missing = [path.name for path in files if not path.exists()]
     if missing:
-        _download(source, files[0].parent, missing)
+        _download(source, train, files[0].parent, missing)
     return files
 
 
+REPLACE = "delete it so it is downloaded again, or replace it"
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numpy arrays, nothing else: a CIFAR-100 copy is read whatever its MD5,
+    and a pickle may otherwise run any code it names."""
+
+    KNOWN = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+             ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+             ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.KNOWN:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-100 file never holds")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            entry = _ArraysOnly(f, encoding="latin1").load()
+    except Exception as error:  # a damaged or foreign pickle fails in many ways
+        raise DataError(f"{path} is not a pickled CIFAR-100 file ({_reason(error)}): {REPLACE}") from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path} holds a {type(entry).__name__}, not CIFAR-100's dict: {REPLACE}")
+    return entry
+
+
+def _field(content: dict, key: str, path: Path):
+    if key not in content:
+        raise DataError(f"{path} has no '{key}': {REPLACE}")
+    return content[key]
+
+
+def _checked_labels(path: Path, labels: np.ndarray, images: int, low: int, high: int) -> np.ndarray:
+    """The labels as int64, once there is one per image and each lies from low to high."""
+    if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{path}: its labels are not a list of whole numbers: {REPLACE}")
+    if len(labels) != images:
+        raise DataError(f"{path} has {images} images but {len(labels)} labels: {REPLACE}")
+    if ((labels < low) | (labels > high)).any():
+        raise DataError(f"{path} has labels outside {low}-{high} ({labels.min()} to {labels.max()}): {REPLACE}")
+    return labels.astype(np.int64)
+
+
+def _read_cifar100(files: list) -> Split:
+    """A split of CIFAR-100 (its images, its fine labels, the meta file's names for them), checked by its
+    structure."""
+    data_path, meta_path = files
+    channels, size, classes = DATASETS["cifar100"].channels, DATASETS["cifar100"].size, DATASETS["cifar100"].classes
+    entry = _unpickle(data_path)
+    images = _field(entry, "data", data_path)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
+            or images.shape[1] != channels * size * size:
+        found = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise DataError(f"{data_path}: 'data' is {found} where CIFAR-100 has uint8 (N, {channels * size * size}): "
+                        f"{REPLACE}")
+    labels = _checked_labels(data_path, np.asarray(_field(entry, "fine_labels", data_path)), len(images), 0,
+                             classes - 1)
+    names = _field(_unpickle(meta_path), "fine_label_names", meta_path)
+    if not isinstance(names, list) or len(names) != classes:
+        raise DataError(f"{meta_path}: 'fine_label_names' is not a list of {classes} names: {REPLACE}")
+    return Split(torch.from_numpy(images.reshape(-1, channels, size, size)), torch.from_numpy(labels), names)
+
+
+def _read_svhn(files: list) -> Split:
+    """A split of SVHN, checked by its structure: X holds the images as (H, W, C, N), y the labels 1-10, where 10
+    is the digit 0 (torchvision hands it over as 0)."""
+    import scipy.io
+
+    (path,) = files
+    channels, size, classes = DATASETS["svhn"].channels, DATASETS["svhn"].size, DATASETS["svhn"].classes
+    try:
+        content = scipy.io.loadmat(str(path))
+    except Exception as error:  # scipy fails on a damaged or foreign file in many ways
+        raise DataError(f"{path} is not a MATLAB file that scipy reads ({_reason(error)}): {REPLACE}") from None
+    images, labels = _field(content, "X", path), _field(content, "y", path)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (size, size, channels):
+        raise DataError(f"{path}: 'X' is {images.dtype} {images.shape} where SVHN has uint8 ({size}, {size}, "
+                        f"{channels}, N): {REPLACE}")
+    if labels.ndim != 2 or labels.shape[1] != 1:
+        raise DataError(f"{path}: 'y' has the shape {labels.shape} where SVHN has (N, 1): {REPLACE}")
+    labels = _checked_labels(path, labels[:, 0], images.shape[3], 1, classes)
+    labels[labels == classes] = 0
+    return Split(torch.from_numpy(np.ascontiguousarray(images.transpose(3, 2, 0, 1))), torch.from_numpy(labels),
+                 list(SVHN_CLASSES))
+
+
+STRUCTURE_READERS = {"cifar100": _read_cifar100, "svhn": _read_svhn}
+_warned_copies = set()  # the files whose MD5 this process has warned about
+
+
+def _read_by_structure(source: DataSource, files: list) -> Split:
+    """The split read by its structure; a file whose MD5 is not torchvision's gets one warning, as it may well be
+    another good copy."""
+    from torchvision.datasets.utils import check_integrity
+
+    split = STRUCTURE_READERS[source.dataset](files)
+    sums = _torchvision_sums(source.dataset)
+    for path in files:
+        if path not in _warned_copies and not check_integrity(str(path), sums[path.name]):
+            _warned_copies.add(path)
+            print(f"warning: {path}'s MD5 differs from torchvision's: it may be another copy; decoding it by its "
+                  "structure", file=sys.stderr)
+    return split
+
+
 def _check_dataset_files(source: DataSource, files: list) -> None:
-    """Every file of the split intact: IDX headers and sizes, CIFAR-10's MD5 sums."""
+    """Every file of the split intact: IDX headers and sizes, CIFAR-10's MD5 sums, the structure of CIFAR-100's and
+    SVHN's."""
+    if source.dataset in STRUCTURE_READERS:
+        _read_by_structure(source, files)
+        return
     if source.dataset == "cifar10":
         from torchvision.datasets.utils import check_integrity
 
-        cls = torchvision_class("cifar10")
-        sums = dict(cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]])
+        sums = _torchvision_sums("cifar10")
         for path in files:
             if not check_integrity(str(path), sums[path.name]):
                 raise DataError(f"{path} fails its integrity check (MD5): delete it so it is downloaded again, or "
@@ -104,8 +235,11 @@ def _check_dataset_files(source: DataSource, files: list) -> None:
 
 
 def _decode_dataset(source: DataSource, train: bool, files: list) -> Split:
-    """The split's own files decoded as torchvision decodes them (IDX, or CIFAR-10's pickled batches once their MD5
-    sums match), without torchvision's dataset classes, which look at the other split's files too."""
+    """The split's own files decoded as torchvision decodes them (IDX, CIFAR-10's pickled batches once their MD5
+    sums match, CIFAR-100's and SVHN's files once their structure does), without torchvision's dataset classes,
+    which look at the other split's files too."""
+    if source.dataset in STRUCTURE_READERS:
+        return _read_by_structure(source, files)
     _check_dataset_files(source, files)
     if source.dataset == "cifar10":
         *batches, meta = files
@@ -229,14 +363,24 @@ def cut_holdout(source: DataSource, split: Split) -> tuple[Split, Split]:
                  for index in holdout_indices(source, split.labels.tolist(), split.classes))
 
 
+def _classic_class(dataset: str):
+    """torchvision's class that reads the dataset for the classic loader; for CIFAR-100 and SVHN one that trusts
+    the structure check here over torchvision's MD5 sums."""
+    if dataset in STRUCTURE_READERS:
+        from runner.classic_readers import CLASSIC_READERS
+
+        return CLASSIC_READERS[dataset]
+    return torchvision_class(dataset)
+
+
 def classic_dataset(source: DataSource, train: bool, transform=None) -> Dataset:
     """The split as torchvision reads it (a torchvision dataset or ImageFolder), through `transform`."""
     import torchvision
 
     if not source.image_folder:
         _check_dataset_files(source, _dataset_files(source, train))
-        return torchvision_class(source.dataset)(root=source.data_dir, train=train, download=False,
-                                                 transform=transform)
+        return _classic_class(source.dataset)(root=source.data_dir, download=False, transform=transform,
+                                              **_split_argument(source.dataset, train))
 
     class VisibleImageFolder(torchvision.datasets.ImageFolder):
         """ImageFolder over the same listing as the resident path: hidden files and folders are not data."""

@@ -25,11 +25,17 @@ class Dataset:
     size: int
     class_sizes: tuple  # training images per class, so that a --holdout is checked before any data is read
 
+    @property
+    def classes(self) -> int:
+        return len(self.class_sizes)
+
 
 DATASETS = {
     "mnist": Dataset("MNIST", 1, 28, (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)),
     "fashion_mnist": Dataset("Fashion-MNIST", 1, 28, (6000,) * 10),
     "cifar10": Dataset("CIFAR-10", 3, 32, (5000,) * 10),
+    "cifar100": Dataset("CIFAR-100", 3, 32, (500,) * 100),
+    "svhn": Dataset("SVHN", 3, 32, (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659)),
 }
 
 

@@ -7,12 +7,18 @@ from pathlib import Path
 from runner.folders import list_image_folder, split_folder
 from runner.settings import DATASETS
 
-# The files each dataset keeps under --data-dir, per split (torchvision's layout).
-FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
 IDX_FILES = {True: ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"],
              False: ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]}
 CIFAR_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"],
                False: ["test_batch", "batches.meta"]}
+
+# Where each dataset keeps its files under --data-dir (SVHN in it itself) and which files each split has
+# (torchvision's layout).
+LAYOUTS = {"mnist": ("MNIST/raw", IDX_FILES), "fashion_mnist": ("FashionMNIST/raw", IDX_FILES),
+           "cifar10": ("cifar-10-batches-py", CIFAR_FILES),
+           "cifar100": ("cifar-100-python", {True: ["train", "meta"], False: ["test", "meta"]}),
+           "svhn": ("", {True: ["train_32x32.mat"], False: ["test_32x32.mat"]})}
+SVHN_CLASSES = [str(digit) for digit in range(10)]  # SVHN's labels are digits; torchvision names no classes for it
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,8 @@ class DataSource:
 
 def dataset_files(source: DataSource, train: bool) -> list[Path]:
     """The files of a dataset's split under its data_dir, present or not."""
-    names = CIFAR_FILES[train] if source.dataset == "cifar10" else IDX_FILES[train]
-    return [Path(source.data_dir) / FOLDERS[source.dataset] / name for name in names]
+    folder, names = LAYOUTS[source.dataset]
+    return [Path(source.data_dir) / folder / name for name in names[train]]
 
 
 def data_identity(source: DataSource) -> dict:

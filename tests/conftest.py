@@ -96,6 +96,64 @@ def make_cifar(root: Path, monkeypatch, per_batch: int = 40, test: int = 50) -> 
     return root
 
 
+CIFAR100_CLASSES = [f"fine{index:02d}" for index in range(100)]
+
+
+def spread_labels(count: int, low: int, high: int, seed: int) -> np.ndarray:
+    """count labels from low to high, both ends among them, shuffled."""
+    labels = np.linspace(low, high, count).round().astype(np.int64)
+    np.random.default_rng(seed).shuffle(labels)
+    return labels
+
+
+def write_cifar100_pickle(path: Path, entry: dict, protocol: int = 2) -> None:
+    """As the real files are pickled: numpy's array reconstructor under its name from before numpy 2."""
+    data = pickle.dumps(entry, protocol=protocol).replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    path.write_bytes(data)
+
+
+def make_cifar100(root: Path, monkeypatch, train: int = 20, test: int = 10) -> Path:
+    """A cifar-100-python of tiny splits whose labels span all 100 classes; torchvision's expected MD5 sums are
+    patched to match them."""
+    import torchvision
+
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count, seed in (("train", train, 5), ("test", test, 6)):
+        images = np.random.default_rng(seed).integers(0, 256, size=(count, 3 * 32 * 32), dtype=np.uint8)
+        labels = spread_labels(count, 0, 99, seed)
+        write_cifar100_pickle(folder / name, {"batch_label": f"{name} batch", "fine_labels": labels.tolist(),
+                                              "coarse_labels": (labels // 5).tolist(), "data": images,
+                                              "filenames": [f"{index}.png" for index in range(count)]})
+    write_cifar100_pickle(folder / "meta", {"fine_label_names": CIFAR100_CLASSES,
+                                            "coarse_label_names": [f"coarse{index:02d}" for index in range(20)]})
+    sums = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in ("train", "test", "meta")}
+    cls = torchvision.datasets.CIFAR100
+    monkeypatch.setattr(cls, "train_list", [["train", sums["train"]]])
+    monkeypatch.setattr(cls, "test_list", [["test", sums["test"]]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": sums["meta"]})
+    return root
+
+
+def make_svhn(root: Path, monkeypatch, train: int = 12, test: int = 6) -> Path:
+    """train_32x32.mat and test_32x32.mat of tiny splits, MATLAB files as scipy writes them: X (32, 32, 3, N) and y
+    (N, 1) uint8 of 1-10, 10 for the digit 0; torchvision's expected MD5 sums are patched to match them."""
+    import scipy.io
+    import torchvision
+
+    root.mkdir(parents=True, exist_ok=True)
+    split_list = dict(torchvision.datasets.SVHN.split_list)
+    for name, count, seed in (("train", train, 7), ("test", test, 8)):
+        images = np.random.default_rng(seed).integers(0, 256, size=(32, 32, 3, count), dtype=np.uint8)
+        labels = spread_labels(count, 1, 10, seed).astype(np.uint8).reshape(-1, 1)
+        path = root / f"{name}_32x32.mat"
+        scipy.io.savemat(path, {"X": images, "y": labels})
+        url, filename, _ = split_list[name]
+        split_list[name] = [url, filename, hashlib.md5(path.read_bytes()).hexdigest()]
+    monkeypatch.setattr(torchvision.datasets.SVHN, "split_list", split_list)
+    return root
+
+
 def make_image_folder(root: Path, channels: int = 3, size: int = 32, train: int = 60, test: int = 30,
                       classes: int = 10) -> Path:
     for split, count, seed in (("train", train, 3), ("test", test, 4)):
