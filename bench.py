@@ -83,7 +83,7 @@ def bench_version(version: int, args: argparse.Namespace, device: torch.device) 
     split, classic = training_data(version, args)
     batch_size = args.batch_size or recipe.batch_size
     torch.manual_seed(0)
-    model = build_model(recipe, DATASETS[row.dataset].channels, len(DATASETS[row.dataset].class_sizes))
+    model = build_model(recipe, DATASETS[row.dataset].channels, DATASETS[row.dataset].classes)
     fit_input_layers(model, split.images, torch.Generator().manual_seed(0))
     model = on_device(model, device)
     plan = BatchPlan(len(split.labels), batch_size, recipe.drop_last)

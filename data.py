@@ -32,7 +32,6 @@ from runner.sources import SVHN_CLASSES, DataSource, dataset_files
 from runner.settings import DATASETS
 
 CACHE_FORMAT = 2  # raise when decoding changes, so no cache of an older decoding is ever served
-CLASSES_PER_MODEL = 10
 
 
 @dataclass
@@ -325,12 +324,12 @@ def load_split(source: DataSource, train: bool) -> Split:
 
 
 def check_classes(train_classes: list, test_classes: list | None, where: str) -> None:
-    """The classes the models predict; test_classes None when no test split is read (--holdout)."""
+    """The classes the model predicts, as many as the data has; test_classes None when no test split is read
+    (--holdout)."""
     if test_classes is not None and train_classes != test_classes:
         raise DataError(f"{where}: train/ and test/ have different class folders: give both the same classes")
-    if len(train_classes) != CLASSES_PER_MODEL:
-        raise DataError(f"{where} has {len(train_classes)} classes but the models predict {CLASSES_PER_MODEL}: "
-                        f"use a folder with exactly {CLASSES_PER_MODEL} class folders")
+    if len(train_classes) < 2:
+        raise DataError(f"{where} has {len(train_classes)} class folder(s): a classifier needs at least two")
 
 
 class _ConvertTo:

@@ -26,7 +26,7 @@ from runner.loaders import load_splits, make_loaders
 from models import build_model, count_parameters, fit_input_layers
 from runner.records import CURVES, RunFolder
 from runner.settings import DATASETS, RunConfig
-from runner.sources import DataSource
+from runner.sources import DataSource, class_count
 from runner.state import TrainingState
 
 REFRESH_EVERY = 50
@@ -212,7 +212,7 @@ def fit(run: RunConfig, folder: RunFolder, resume: bool = False, group: Group = 
     device = resolve_device(runtime.device)
     prepare_torch(device, runtime.threads, run.identity.deterministic)
     seed_process(run.identity.seed, group.rank)
-    model = build_model(recipe, DATASETS[run.dataset].channels, len(DATASETS[run.dataset].class_sizes))
+    model = build_model(recipe, DATASETS[run.dataset].channels, class_count(run))
     source = DataSource.of(run)
     if group.data_parallel:
         splits, classes = prepare_once_per_machine("preparing the data", lambda: load_splits(run, source, resume))

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from runner import ablations
 from runner import holdout
+from runner import ladder_files
 from runner import overrides
 from configs import VERSIONS
+from ladder import LadderError
 from runner.settings import DATASETS, SETTINGS, Recipe, flag_fields, given, resumable_names, shared_gpu, was_given
 
 
@@ -198,12 +200,15 @@ def parsed_assignments(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def check_arm(parser: argparse.ArgumentParser, base: Recipe, dataset: str, settings: dict, args: argparse.Namespace,
               where: str) -> None:
-    """A recipe with the recipe flags and an arm's --set settings must be able to run (a usage error otherwise)."""
+    """A recipe with the recipe flags and an arm's --set settings must be able to run (a usage error otherwise); a
+    ladder file's model and any batch transform are tried on a dummy batch (which imports torch)."""
     try:
         recipe = overrides.arm_recipe(base, given(Recipe, vars(args)), settings)
         overrides.check_recipe(recipe, dataset, args.loader == "torchvision")
-    except overrides.SetError as error:
-        parser.error(f"{where}: {error}")
+        if ladder_files.needs_check(recipe):
+            ladder_files.check_row(recipe, dataset, where)
+    except (overrides.SetError, LadderError) as error:
+        parser.error(f"{where}: {error}" if isinstance(error, overrides.SetError) else str(error))
 
 
 def checked_arms(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:

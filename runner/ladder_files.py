@@ -74,7 +74,7 @@ def check_row(recipe: Recipe, dataset: str, where: str, params: int | None = Non
     from models import build_model, count_parameters
 
     images = DATASETS[dataset]
-    classes = len(images.class_sizes)
+    classes = images.classes
     batch = torch.rand(DUMMY_BATCH, images.channels, images.size, images.size, generator=torch.Generator())
     labels = torch.arange(DUMMY_BATCH) % classes
     name = f"{where}: model {recipe.model}"

@@ -56,6 +56,12 @@ def dataset_files(source: DataSource, train: bool) -> list[Path]:
     return [Path(source.data_dir) / folder / name for name in names[train]]
 
 
+def class_count(run) -> int:
+    """How many classes a run's model predicts (run: settings.RunConfig): its image folder's, else its dataset's."""
+    folder = run.identity.data.get("image_folder")
+    return len(folder["classes"]) if folder else DATASETS[run.dataset].classes
+
+
 def data_identity(source: DataSource) -> dict:
     """What makes two data sources the same for a run: the dataset, or an image folder's classes and sample
     counts (its path may change, e.g. on another machine) and whether it is resized. Under --holdout the test

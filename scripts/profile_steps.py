@@ -71,7 +71,7 @@ def profile_version(version: int, steps: int, amp: bool) -> Profile:
     channels = DATASETS[row.dataset].channels
     split = synthetic_split(channels, DATASETS[row.dataset].size)
     torch.manual_seed(0)
-    model = build_model(row.recipe, channels, len(DATASETS[row.dataset].class_sizes))
+    model = build_model(row.recipe, channels, DATASETS[row.dataset].classes)
     fit_input_layers(model, split.images, torch.Generator().manual_seed(0))
     device = torch.device("cpu")
     model = on_device(model, device)

@@ -147,10 +147,15 @@ def test_image_of_the_wrong_size_is_named(image_folder, tmp_path):
         load_split(DataSource("mnist", "unused", str(image_folder), str(tmp_path / "cache")), True)
 
 
-def test_folder_with_the_wrong_class_count_is_refused(cli, tmp_path):
+def test_a_folder_of_five_classes_trains_a_model_of_five_outputs_and_one_class_is_refused(cli, tmp_path):
     folder = make_image_folder(tmp_path / "five", classes=5)
     code, _, err = cli("6", "--epochs", 1, "--image-folder", folder, "--out", tmp_path / "run", "--quiet")
-    assert code == 1 and "has 5 classes but the models predict 10" in err
+    assert code == 0, err
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert len(checkpoint["classes"]) == 5 and checkpoint["model"]["net.15.weight"].shape[0] == 5
+    one = make_image_folder(tmp_path / "one", classes=1)
+    code, _, err = cli("6", "--epochs", 1, "--image-folder", one, "--out", tmp_path / "run1", "--quiet")
+    assert code == 1 and "has 1 class folder(s): a classifier needs at least two" in err
 
 
 def test_dataset_of_the_fake_writer_is_what_torchvision_reads(tmp_path):
