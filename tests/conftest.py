@@ -24,6 +24,12 @@ def pytest_configure(config):
                             "-m 'not slow' leaves the quick tier")
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests first (in their order, then the others in theirs): a long test handed out last would keep
+    one worker busy while the others have nothing left."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # One thread: tiny batches gain nothing from more, and on a busy machine OpenMP threads waiting on each other stall.
 torch.set_num_threads(1)
 

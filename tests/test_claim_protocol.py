@@ -212,4 +212,4 @@ class Protocol(RuleBasedStateMachine):
 
 
 TestProtocol = Protocol.TestCase
-TestProtocol.settings = settings(max_examples=1000, stateful_step_count=60, deadline=None)
+TestProtocol.settings = settings(max_examples=400, stateful_step_count=60, deadline=None)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import ladder
 import main
-from runner import train_command
+from runner import ladder_files, train_command
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -114,7 +115,13 @@ def script_parser(program: str):
 
 def check(command: Command, parsers: dict) -> None:
     """Raises SystemExit (with argparse's message on stderr) or AssertionError when the command is not right."""
-    words = list(command.words)
+    words, ladder_file = main.take_ladder(list(command.words))
+    if ladder_file:  # the examples' paths are the repository's; the rows are the file's from here on
+        ladder_file = str(ROOT / ladder_file)
+        ladder_files.load(ladder_file)
+        words += ["--ladder", ladder_file]
+    else:
+        ladder.use_built_in()
     if command.program != "main.py":
         if command.program not in parsers:
             parsers[command.program] = script_parser(command.program)
@@ -125,7 +132,7 @@ def check(command: Command, parsers: dict) -> None:
         main.build_saved_run_parser(words[0]).parse_args(words[1:])
     elif "--resume" in words:
         train_command.build_parser().parse_args(words)
-    elif not words or words[0] in ("list", "fields"):
+    elif not words or words[0] in ("list", "fields", "--ladder"):
         assert main.main(words) == 0
     else:
         status = main.main(words + ["--dry-run"])
