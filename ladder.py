@@ -2,7 +2,7 @@
 yours (`python main.py --ladder my_ladder.py list`; docs/extending.md):
 
     from torch import nn
-    from ladder import builtin, model, rung
+    from ladder import builtin, image_folder, model, rung
 
     @model(takes=(1, 28))
     class TinyNet(nn.Module):
@@ -11,21 +11,25 @@ yours (`python main.py --ladder my_ladder.py list`; docs/extending.md):
     rung(1, "fashion_mnist", {"tiny net": {"model": "TinyNet"}}, epochs=5)
     rung(2, "fashion_mnist", {"wider": {"model.width": 32}})
     rung(3, "cifar10", {"cutout": {"batch_transform": "cutout"}}, parent=builtin(13))
+    rung(4, image_folder("~/flowers", size=32), {}, parent=builtin(13))  # its own images and classes
 
 A row grows from its parent (the row written before it, unless `parent=` names an earlier row or a built-in
 version) by its ideas, each a named group of settings in --set's notation. `model` and `batch_transform` register
 a class or function under its name; the arguments of its signature that have defaults and types (int, float, bool,
 str, tuple[int, ...]) become --set arguments (model.NAME, batch_transform.NAME). This module imports no torch.
 """
+import collections
 import inspect
 import math
+import os
 import typing
 from dataclasses import dataclass, replace
 
-from runner.errors import RunnerError
+from runner.errors import DataError, RunnerError
+from runner.folders import list_image_folder, split_folder
 from runner.overrides import SetError, apply, check_settings
-from runner.settings import (DATASETS, MODEL_KINDS, REGISTERED, TRANSFORM_KINDS, ModelKind, Range, Recipe,
-                             TransformKind, Version)
+from runner.settings import (DATASETS, MODEL_KINDS, REGISTERED, TRANSFORM_KINDS, Dataset, ModelKind, Range,
+                             Recipe, TransformKind, Version)
 
 BUILT_IN: dict = {}  # configs.py's rows
 VERSIONS: dict = {}  # the rows this process runs: the built-in ones, or a ladder file's (see runner/ladder_files.py)
@@ -66,7 +70,10 @@ KINDS = {"model": MODEL_KINDS, "batch_transform": TRANSFORM_KINDS}
 
 
 def use_built_in() -> None:
-    """Make the built-in ladder the one this process runs, forgetting what a ladder file registered."""
+    """Make the built-in ladder the one this process runs, forgetting what a ladder file registered (image
+    folders as datasets too)."""
+    for name in [name for name in DATASETS if folder_of(name)]:
+        del DATASETS[name]
     for registry, name in _from_file:
         KINDS[registry].pop(name, None)
         REGISTERED[registry].pop(name, None)
@@ -81,6 +88,32 @@ def register(registry: str, name: str, kind, made) -> None:
     REGISTERED[registry][name] = made
     if _writing is not BUILT_IN:
         _from_file.append((registry, name))
+
+
+FOLDER_PREFIX = "folder:"  # + an image folder's absolute path: the name of a dataset image_folder() made
+
+
+def image_folder(path: str, size: int, channels: int = 3) -> str:
+    """A folder of images per class (PATH/train/<class>/*, PATH/test/<class>/*) as a row's dataset: its images are
+    size x size with `channels` channels (1: grey, 3: RGB; --resize resizes others as they are decoded), its classes
+    its class folders. Returns the dataset's name, for rung()."""
+    folder = os.path.abspath(os.path.expanduser(path))
+    if channels not in (1, 3) or not isinstance(size, int) or size < 1:
+        raise LadderError(f"image_folder({path!r}): give size= a whole number of pixels and channels= 1 or 3")
+    try:
+        classes, samples = list_image_folder(split_folder(folder, True))
+    except DataError as error:
+        raise LadderError(f"image_folder({path!r}): {error}") from None
+    counts = collections.Counter(label for _, label in samples)
+    name = FOLDER_PREFIX + folder
+    DATASETS[name] = Dataset(os.path.basename(folder), channels, size, tuple(counts[index]
+                                                                            for index in range(len(classes))))
+    return name
+
+
+def folder_of(dataset: str) -> str | None:
+    """The image folder a dataset made by image_folder() reads, or None for a dataset by name."""
+    return dataset[len(FOLDER_PREFIX):] if dataset.startswith(FOLDER_PREFIX) else None
 
 
 def parent_row(row: Version) -> Version | None:
@@ -102,7 +135,9 @@ def rung(number: int, dataset: str, ideas: dict, params: int | None = None, refe
     if number in _writing:
         raise LadderError(f"{where} is written twice: give each row its own number")
     if dataset not in DATASETS:
-        raise LadderError(f"{where}: no dataset {dataset!r} (choose one of {', '.join(DATASETS)})")
+        named = [name for name in DATASETS if not folder_of(name)]
+        raise LadderError(f"{where}: no dataset {dataset!r} (choose one of {', '.join(named)}, or give "
+                          "image_folder(PATH, size=N))")
     if parent is PREVIOUS:
         parent = list(_writing)[-1] if _writing else None
     elif not isinstance(parent, Builtin) and parent not in _writing:

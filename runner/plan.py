@@ -5,7 +5,7 @@ import os
 from collections.abc import Callable
 
 from configs import VERSIONS
-from ladder import SOURCE
+from ladder import SOURCE, folder_of
 from runner import overrides
 from runner.settings import Recipe, RunConfig, RunIdentity, Runtime, default_cache_dir, given
 from runner.sources import DataSource, data_identity
@@ -38,7 +38,7 @@ def run_config(version: int, args, seed: int, arm: dict, base: Recipe, idea: str
     row, values = VERSIONS[version], vars(args)
     changes = given(Recipe, values)
     identity = dict(given(RunIdentity, values), seed=seed, amp=amp)
-    folder = args.image_folder if version in args.folder_versions else None
+    folder = args.image_folder if version in args.folder_versions else folder_of(row.dataset)
     settings = Runtime(**{**given(Runtime, values), **runtime, "data_dir": os.path.abspath(args.data_dir or "data"),
                           "cache_dir": os.path.abspath(args.cache_dir or default_cache_dir()),
                           "image_folder": folder and os.path.abspath(folder)})

@@ -14,7 +14,7 @@ import ladder
 from conftest import ROOT, make_cifar100, make_mnist
 from runner import batch_transforms, ladder_files
 from runner.cli_words import command_words
-from runner.settings import REGISTERED
+from runner.settings import DATASETS, REGISTERED
 from runner.train_command import build_parser
 
 USER_LADDER = '''
@@ -237,3 +237,24 @@ def test_the_examples_list_from_another_folder(tmp_path):
                                 capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert listed.returncode == 0, listed.stderr
         assert textwrap.dedent(listed.stdout).splitlines()[1].split()[0].isdigit()
+
+
+def test_an_image_folder_is_a_rows_dataset_with_its_own_classes(cli, tmp_path):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "flowers", train=48, test=24, classes=4)
+    path = tmp_path / "flowers.py"
+    path.write_text(f"from ladder import builtin, image_folder, rung\n"
+                    f"rung(1, image_folder({str(folder)!r}, size=32), {{}}, parent=builtin(7), epochs=1)\n")
+    code, out, err = cli("--ladder", path, "list")
+    assert code == 0 and "flowers" in out.splitlines()[1], err
+    code, out, err = cli("--ladder", path, "1", "--out", tmp_path / "r", "--quiet", "--batch-size", 16,
+                         "--holdout", 8)
+    assert code == 0, err
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["classes"] == ["class0", "class1", "class2", "class3"]
+    assert [value for value in checkpoint["model"].values() if value.dim() == 2][-1].shape[0] == 4
+    code, _, err = cli("--ladder", path, "1", "--out", tmp_path / "r2", "--holdout", 100)
+    assert code == 2 and "--holdout" in err
+    ladder.use_built_in()
+    assert not any(name.startswith("folder:") for name in DATASETS)
