@@ -17,6 +17,7 @@ from runner import plan
 from runner.cli_words import command_words
 from runner.console import EXIT_CODES, STOP, Stopped
 from runner.errors import OthersTraining, RunnerError
+from ladder import SOURCE
 from runner.records import CHECKPOINT, SLURM_LOGS, RunFolder, check_ladder, leave_failure_marker
 from runner.settings import RunConfig, Runtime, flag_fields, given
 
@@ -95,7 +96,17 @@ def join_processes(parser, args, device, data_parallel: bool, batch_sizes: set, 
     distributed.start(device)
     if marker and not distributed.restart_count() and distributed.is_writer():
         marker.unlink(missing_ok=True)
+    check_one_ladder()
     return distributed.Group(data_parallel=data_parallel)
+
+
+def check_one_ladder() -> None:
+    """Every process runs the same ladder: the same file, unchanged between their starts (or none)."""
+    hashes = distributed.everyone("the ladder file", SOURCE.get("sha256"))
+    if len(set(hashes)) > 1:
+        raise RunnerError(f"the processes read different ladder files ({', '.join(str(h)[:12] for h in hashes)}: "
+                          "it changed while they started, or they were given different ones): start them again "
+                          "with one unchanged file", shared=True)
 
 
 def run_training(parser, args, progress: Progress, command: Callable[[list], int]) -> None:

@@ -40,10 +40,11 @@ def load(file: str) -> None:
                           "examples/fashion_ladder.py)")
     ladder.use_built_in()
     rows, ladder._writing = {}, {}
-    module = types.ModuleType(path.stem)
+    # its own module name, which can shadow none of the runner's (a file may be called data.py)
+    module = types.ModuleType(f"ladder_file_{digest(path)[:16]}")
     module.__file__ = str(path)
     try:
-        sys.modules[path.stem] = module  # classes defined in it can be found by their module, as for any import
+        sys.modules[module.__name__] = module  # classes defined in it find their module, as for any import
         exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
         rows = ladder._writing
     except Exception as error:  # noqa: BLE001 - the file's own error, shown as one line with its line number

@@ -258,3 +258,14 @@ def test_an_image_folder_is_a_rows_dataset_with_its_own_classes(cli, tmp_path):
     assert code == 2 and "--holdout" in err
     ladder.use_built_in()
     assert not any(name.startswith("folder:") for name in DATASETS)
+
+
+def test_processes_that_read_different_ladder_files_refuse(monkeypatch):
+    from runner import commands, distributed
+    from runner.errors import RunnerError
+
+    monkeypatch.setattr(distributed, "everyone", lambda what, value: ["a" * 64, "b" * 64])
+    with pytest.raises(RunnerError, match="the processes read different ladder files"):
+        commands.check_one_ladder()
+    monkeypatch.setattr(distributed, "everyone", lambda what, value: ["a" * 64, "a" * 64])
+    commands.check_one_ladder()
