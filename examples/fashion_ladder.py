@@ -4,7 +4,7 @@
     python main.py --ladder examples/fashion_ladder.py 1-3
     python main.py --ladder examples/fashion_ladder.py ablate 3 --seeds 0-4
 
-Each row trains for 5 epochs; on a 2-core CPU an epoch of row 2 takes about 20 s (docs/extending.md has the
+Each row trains for 5 epochs; on a 2-core CPU an epoch of row 2 takes about 25 s (docs/extending.md has the
 measured table).
 """
 from torch import nn
