@@ -119,7 +119,7 @@ def folder_of(dataset: str) -> str | None:
 def parent_row(row: Version) -> Version | None:
     if isinstance(row.parent, Builtin):
         return BUILT_IN[row.parent.number]
-    return None if row.parent is None else (VERSIONS.get(row.parent) or _writing[row.parent])
+    return None if row.parent is None else VERSIONS[row.parent]
 
 
 def rung(number: int, dataset: str, ideas: dict, params: int | None = None, reference: tuple | None = None,
@@ -128,7 +128,8 @@ def rung(number: int, dataset: str, ideas: dict, params: int | None = None, refe
     """Add row `number`: its parent's recipe with `ideas` applied (a first row without a parent: the seed's
     recipe, an MLP). `params`: the exact parameter count, checked when given; `reference`: (train, test) accuracy it
     is compared with; `epochs`: its own number of epochs (default: the parent's); `autocast`: bfloat16 by default
-    where the device computes in it (default: as its parent); `seconds`: one epoch measured on the 2-core CPU, for --dry-run's estimates."""
+    where the device computes in it (default: as its parent); `seconds`: one epoch measured on the 2-core CPU, for
+    --dry-run's estimates."""
     where = f"row {number}"
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         raise LadderError(f"rung({number!r}, ...): a row's number is a whole number of 1 or more")

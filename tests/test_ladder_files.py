@@ -215,7 +215,8 @@ def test_a_run_with_a_batch_transform_resumes_exactly(cli, user_ladder, fashion,
     assert cli("--ladder", user_ladder, "102", "--epochs", 1, "--out", tmp_path / "cut", *common)[0] == 0
     code, _, err = cli("--ladder", user_ladder, "--resume", tmp_path / "cut", "--epochs", 2, *common)
     assert code == 0, err
-    whole, cut = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"] for name in ("whole", "cut"))
+    whole, cut = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
+                  for name in ("whole", "cut"))
     assert all(torch.equal(whole[name], cut[name]) for name in whole)
 
 
