@@ -65,29 +65,33 @@ def builtin(number: int) -> Builtin:
 
 PREVIOUS = object()  # rung's default parent: the row written before (none for the first)
 _writing: dict = BUILT_IN  # the ladder rung() adds rows to (runner/ladder_files.py points it at a file's)
-_from_file: list = []  # (registry, name) of what a ladder file registered
+_from_file: list = []  # (table, name) of each entry a ladder file added to the registries or the datasets
 KINDS = {"model": MODEL_KINDS, "batch_transform": TRANSFORM_KINDS}
 
 
 def use_built_in() -> None:
-    """Make the built-in ladder the one this process runs, forgetting what a ladder file registered (image
-    folders as datasets too)."""
-    for name in [name for name in DATASETS if folder_of(name)]:
-        del DATASETS[name]
-    for registry, name in _from_file:
-        KINDS[registry].pop(name, None)
-        REGISTERED[registry].pop(name, None)
+    """Make the built-in ladder the one this process runs again, forgetting what a ladder file added (a process
+    may run main more than once); nothing to do when no file was read."""
+    if not SOURCE and not _from_file:
+        return
+    for table, name in _from_file:
+        table.pop(name, None)
     _from_file.clear()
     VERSIONS.clear()
     VERSIONS.update(BUILT_IN)
     SOURCE.clear()
 
 
-def register(registry: str, name: str, kind, made) -> None:
-    KINDS[registry][name] = kind
-    REGISTERED[registry][name] = made
+def add(table: dict, name: str, entry) -> None:
+    """An entry of a registry or the datasets, remembered when a ladder file adds it."""
+    table[name] = entry
     if _writing is not BUILT_IN:
-        _from_file.append((registry, name))
+        _from_file.append((table, name))
+
+
+def register(registry: str, name: str, kind, made) -> None:
+    add(KINDS[registry], name, kind)
+    add(REGISTERED[registry], name, made)
 
 
 FOLDER_PREFIX = "folder:"  # + an image folder's absolute path: the name of a dataset image_folder() made
@@ -106,8 +110,8 @@ def image_folder(path: str, size: int, channels: int = 3) -> str:
         raise LadderError(f"image_folder({path!r}): {error}") from None
     counts = collections.Counter(label for _, label in samples)
     name = FOLDER_PREFIX + folder
-    DATASETS[name] = Dataset(os.path.basename(folder), channels, size, tuple(counts[index]
-                                                                            for index in range(len(classes))))
+    add(DATASETS, name, Dataset(os.path.basename(folder), channels, size,
+                                tuple(counts[index] for index in range(len(classes)))))
     return name
 
 

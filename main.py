@@ -225,7 +225,7 @@ def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv, ladder_file = take_ladder(argv)
-        use_built_in()  # unless the file's rows replace it below (a process may call main more than once)
+        use_built_in()  # unless the file's rows replace it below
         if ladder_file:
             from runner import ladder_files
 

@@ -229,8 +229,8 @@ def watch_output_dtypes(monkeypatch, layer: type) -> set:
 
     seen, real_build = set(), train.build_model
 
-    def build_and_watch(recipe, channels):
-        model = real_build(recipe, channels)
+    def build_and_watch(recipe, channels, classes):
+        model = real_build(recipe, channels, classes)
         for module in model.modules():
             if isinstance(module, layer):
                 module.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))

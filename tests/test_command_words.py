@@ -18,7 +18,7 @@ TABLE = ["1,3", "--lr", "0.05", "--batch-size", "32", "--epochs", "2", "--set", 
          "label_smoothing=0.1", "--seed", "0", "--loader", "torchvision", "--no-amp", "--compile", "--deterministic",
          "--sync-bn", "--resize", "--holdout", "20", "--holdout-seed", "3", "--device", "cpu", "--threads", "2",
          "--data-dir", "my data", "--image-folder", "images", "--cache-dir", "cache", "--eval-every", "2", "--quiet",
-         "--out", "table", "--force", "--fail-fast", "--retry-failed", "--lease", "30"]
+         "--out", "table", "--force", "--fail-fast", "--retry-failed", "--lease", "30", "--ladder", "/my/ladder.py"]
 SLURM = ["--slurm", "--slurm-partition", "gpu", "--slurm-gpus", "2", "--slurm-cpus", "4", "--slurm-time", "90",
          "--slurm-tasks", "3", "--slurm-array-parallelism", "8", "--slurm-executor", "local"]
 ABLATION = ["13", "--add", "--epochs", "2", "--seeds", "0-2", "--amp"]

@@ -4,6 +4,7 @@ of a run's identity. Compilation fixed for a run's life, uncompiled with one lin
 in batches of at least a thousand images, in the run's numerics, timed. Freed memory kept in a CPU run's process, so
 that a step's large blocks are not faulted in from the kernel again, and given back after each test and between
 runs."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -106,7 +107,7 @@ def test_tests_take_batches_of_at_least_a_thousand_images_and_are_timed(cli, tmp
     assert cli(*tiny("6", folder, tmp_path / "run"))[0] == 0
     assert sizes == [1024, 76]
     assert loaders.eval_batch_size(configs.VERSIONS[12].recipe) == 1024
-    assert loaders.eval_batch_size(configs.replace(configs.VERSIONS[12].recipe, batch_size=2000)) == 2000
+    assert loaders.eval_batch_size(dataclasses.replace(configs.VERSIONS[12].recipe, batch_size=2000)) == 2000
     assert float(read_metrics(tmp_path / "run")[0]["test_seconds"]) > 0
 
 
