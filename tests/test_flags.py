@@ -47,6 +47,8 @@ def flag_runs(tmp_path, data) -> dict:
     """For each flag: the arguments of one short run that uses it (VERSION first)."""
     folder = make_image_folder(tmp_path / "images", size=36, train=40, test=20)
     base = ["1", "--epochs", "1", "--data-dir", data, "--quiet"]
+    ladder_file = tmp_path / "my_ladder.py"
+    ladder_file.write_text("from ladder import rung\nrung(1, 'mnist', {'wide': {'model.hidden': 20}})\n")
     return {
         "--epochs": base,
         "--batch-size": base + ["--batch-size", "50"],
@@ -79,6 +81,7 @@ def flag_runs(tmp_path, data) -> dict:
         "--add": ["ablate", "3", "--add", "--epochs", "1", "--data-dir", data, "--quiet"],
         "--resume": ["--resume", None, "--epochs", "2"],
         "--dry-run": base + ["--dry-run"],
+        "--ladder": base + ["--ladder", ladder_file],
     }
 
 
