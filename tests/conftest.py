@@ -24,12 +24,6 @@ def pytest_configure(config):
                             "-m 'not slow' leaves the quick tier")
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: two workers a core. Much of the suite waits rather than computes (on the processes it starts:
-    copies, torchrun, Slurm tasks; and on leases and heartbeats), so a core has room for a second worker."""
-    return 2 * (os.cpu_count() or 1)
-
-
 def pytest_collection_modifyitems(items):
     """The slow tests first (in their order, then the others in theirs): a long test handed out last would keep
     one worker busy while the others have nothing left."""
