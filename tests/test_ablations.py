@@ -106,6 +106,7 @@ def test_an_ablation_that_cannot_run_is_a_usage_error_before_anything_is_written
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_ablate_trains_every_arm_into_one_results_folder_and_skips_them_when_run_again(cli, tmp_path):
     folder = make_image_folder(tmp_path / "images", train=60, test=30)
     table = tmp_path / "table"

@@ -65,6 +65,7 @@ def results_rows(table):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_table_over_seeds_reports_intervals_and_paired_differences(cli, mnist_dir, tmp_path):
     table = tmp_path / "table"
     code, out, err = cli("1,2,3", "--seeds", "0,1,2", "--epochs", 1, "--batch-size", 32, "--lr", 0.05, "--data-dir",
@@ -80,6 +81,7 @@ def test_a_table_over_seeds_reports_intervals_and_paired_differences(cli, mnist_
     assert "| v3 - v2 |" in (table / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_sweep_compares_each_arm_with_the_versions_own_recipe(cli, mnist_dir, tmp_path):
     table = tmp_path / "sweep"
     code, out, err = cli("1", "--set", "lr=0.05,0.01,0.1", "--seeds", "0,1,2", "--epochs", 1, "--batch-size", 32,
@@ -122,6 +124,7 @@ def test_a_sweeps_baseline_is_the_versions_own_recipe_else_the_grids_first_arm()
     assert [row["version"] for row, _ in results.comparison_pairs(rows)] == [10]
 
 
+@pytest.mark.slow
 def test_a_sweep_of_equal_arms_claims_a_difference_in_at_most_5_percent_of_tables():
     """Four arms of one recipe, five seeds each (a seed moves every arm alike, as the data order does): any
     significant comparison after Holm's correction is a false claim: here in 5.15% of the tables. Picking the best arm

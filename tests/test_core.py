@@ -114,6 +114,7 @@ def resume(run, epochs: int) -> subprocess.CompletedProcess:
                            "--quiet"], capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_checkpoint_write_keeps_that_epoch(child, tmp_path):
     data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
     code, out, err = child("runner.records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 5, "--data-dir", data,
@@ -128,6 +129,7 @@ def test_a_signal_during_a_checkpoint_write_keeps_that_epoch(child, tmp_path):
         [f"Epoch {epoch} / 5" for epoch in range(2, 6)]
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_test_pass_keeps_the_epoch_before(child, tmp_path):
     data, run = make_mnist(tmp_path / "data", test=1100), tmp_path / "run"
     test_batches = -(-1100 // EVAL_BATCH)  # the signal comes in the second batch of epoch 2's test
@@ -138,6 +140,7 @@ def test_a_signal_during_a_test_pass_keeps_the_epoch_before(child, tmp_path):
     assert resume(run, 4).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_signal_during_an_image_folder_decode_stops_and_the_same_command_starts_again(child, tmp_path):
     folder, run = make_image_folder(tmp_path / "images"), tmp_path / "run"
     argv = ("7", "--epochs", 1, "--image-folder", folder, "--out", run, "--cache-dir", tmp_path / "cache")
@@ -150,6 +153,7 @@ def test_a_signal_during_an_image_folder_decode_stops_and_the_same_command_start
     assert again.returncode == 0, again.stderr
 
 
+@pytest.mark.slow
 def test_a_second_signal_stops_at_once(child, tmp_path):
     """Two Ctrl-Cs as the first checkpoint is about to be written (a moment the flag alone would let pass): the
     second ends the process there, so the write never happens, instead of after a 30-second pause."""

@@ -67,6 +67,7 @@ def results_rows(table):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_table_whose_runs_were_tested_on_different_epochs(cli, mnist_dir, tmp_path):
     table = tmp_path / "table"
     common = ("1", "--epochs", 3, "--data-dir", mnist_dir, "--out", table, "--quiet")
@@ -78,6 +79,7 @@ def test_a_table_whose_runs_were_tested_on_different_epochs(cli, mnist_dir, tmp_
     assert results_rows(table)[0]["seeds"] == "3"
 
 
+@pytest.mark.slow
 def test_a_table_uses_a_run_trained_longer_cut_to_the_epochs_asked(cli, mnist_dir, tmp_path):
     table = tmp_path / "table"
     common = ("1", "--seeds", "0,1", "--data-dir", mnist_dir, "--out", table, "--quiet")
@@ -254,12 +256,14 @@ def test_an_epoch_without_a_step_is_a_data_error(cli, tmp_path):
 # (tensors left on the CPU; float64 on MPS) are caught by tests/test_devices.py.
 
 
+@pytest.mark.slow
 def test_force_on_a_table_whose_run_folders_do_not_exist_yet(cli, mnist_dir, tmp_path):
     code, _, err = cli("1,3", "--epochs", 1, "--data-dir", mnist_dir, "--out", tmp_path / "new", "--quiet", "--force")
     assert code == 0, err
     assert (tmp_path / "new" / "v1" / "checkpoint.pt").exists() and (tmp_path / "new" / "v3" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_force_on_a_grown_table(cli, mnist_dir, tmp_path):
     table = tmp_path / "table"
     assert cli("1", "--seeds", "0", "--epochs", 1, "--data-dir", mnist_dir, "--out", table, "--quiet")[0] == 0
@@ -269,6 +273,7 @@ def test_force_on_a_grown_table(cli, mnist_dir, tmp_path):
     assert results_rows(table)[0]["seeds"] == "2"
 
 
+@pytest.mark.slow
 def test_testing_more_often_never_changes_the_weights_on_the_classic_loader(cli, tmp_path):
     folder = make_image_folder(tmp_path / "images", train=40, test=20)
     weights = []

@@ -78,6 +78,7 @@ def trained_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("version", FAMILIES)
+@pytest.mark.slow
 def test_eval_keeps_every_tensor_on_the_device(trained_runs, version):
     out, _ = trained_runs[version]
     folder = records.RunFolder(out)

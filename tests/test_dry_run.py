@@ -109,6 +109,7 @@ def shared_table(tmp_path_factory):
         live.release()
 
 
+@pytest.mark.slow
 def test_the_plan_says_what_each_run_folder_holds(cli, shared_table):
     _, argv, live = shared_table
     code, out, err = cli(*argv, "--dry-run")

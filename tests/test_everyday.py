@@ -84,6 +84,7 @@ sys.exit(main.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_runs_stopped_crashed_and_resumed_log_each_epoch_once(tmp_path):
     """Each session is a process of its own, as in real use: TensorBoard orders a folder's event files by the
     time and process in their names."""
@@ -120,6 +121,7 @@ sys.exit(main.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_the_path_to_the_first_step_imports_no_torchvision_matplotlib_or_tensorboard(cli, tmp_path):
     data = make_mnist(tmp_path / "data")
     argv = ["1", "--epochs", "1", "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--quiet"]

@@ -25,6 +25,7 @@ def metadata(path) -> dict:
 
 
 @pytest.mark.parametrize("version", ["1", "3", "4", "7", "13"])  # one per model family
+@pytest.mark.slow
 def test_each_model_family_exports_and_agrees_with_pytorch(cli, tmp_path, version):
     data = ["--data-dir", make_mnist(tmp_path / "data", "FashionMNIST")] if int(version) < 6 else \
         ["--image-folder", make_image_folder(tmp_path / "images", train=40, test=20)]
@@ -57,6 +58,7 @@ def write_images(tmp_path, count: int, size: int, mode: str) -> list:
     return paths
 
 
+@pytest.mark.slow
 def test_tta_in_the_graph_and_in_numpy_answer_as_predict_does_and_onnx_predict_imports_no_torch(cli, tmp_path):
     # fp32, as the export computes: a bfloat16 run's own predict differs from its export in the third decimal
     run = trained(cli, tmp_path, "13", "--image-folder", make_image_folder(tmp_path / "images", train=40, test=20),
@@ -124,6 +126,7 @@ def test_an_export_that_disagrees_with_pytorch_is_one_line_and_writes_nothing(cl
     assert code == 2 and "exists and is not a folder" in err
 
 
+@pytest.mark.slow
 def test_an_export_older_than_the_checkpoint_is_refused(cli, tmp_path):
     data = make_mnist(tmp_path / "data")
     run = trained(cli, tmp_path, "1", "--data-dir", data)

@@ -151,6 +151,7 @@ def restore_torch_settings():
 
 
 @pytest.mark.parametrize("flag", sorted(documented_flags() - CUDA_ONLY - SLURM))
+@pytest.mark.slow
 def test_each_documented_flag_runs_to_success(cli, tmp_path, data, flag, monkeypatch, restore_torch_settings):
     argv = flag_runs(tmp_path, data)[flag]
     out = tmp_path / "out"

@@ -137,6 +137,7 @@ def test_a_holdout_larger_than_an_image_folders_class_can_give_is_a_usage_error(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_held_out_sweep_ranks_on_validation_and_prints_the_command_for_the_whole_split(cli, mnist_dir, tmp_path):
     table = tmp_path / "table"
     sweep = ("1", "--holdout", 40, "--set", "lr=0.01,0.2", "--seeds", "0,1", "--epochs", 2, "--batch-size", 32,

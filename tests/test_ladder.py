@@ -146,6 +146,7 @@ def metrics(run):
 
 
 @pytest.mark.parametrize("version, epochs, stop_after", [(11, 3, 1), (13, 4, 3), (14, 2, 1)])
+@pytest.mark.slow
 def test_a_run_stopped_and_resumed_equals_one_run_whole(cli, tmp_path, monkeypatch, version, epochs, stop_after):
     """Scheduled runs with augmentation (11), with whitening, alternating flips and lookahead (13), and with Muon
     beside SGD (14: two optimizers in the checkpoint)."""

@@ -88,6 +88,7 @@ def test_a_built_in_parent_gives_its_recipe_and_numerics_and_ablate_names_it(use
     assert arms[1].recipe == BUILT_IN[13].recipe
 
 
+@pytest.mark.slow
 def test_a_table_ablate_export_and_a_changed_file_on_resume(cli, user_ladder, fashion, tmp_path):
     common = ["--data-dir", fashion, "--epochs", 1, "--quiet"]
     code, out, err = cli("--ladder", user_ladder, "101,102", "--seeds", "0,1", "--out", tmp_path / "t", *common)

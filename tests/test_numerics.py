@@ -48,6 +48,7 @@ def test_amp_resolves_from_the_flag_the_version_and_the_device(monkeypatch):
     assert [n for n, row in configs.VERSIONS.items() if row.autocast] == [12, 13, 14]
 
 
+@pytest.mark.slow
 def test_a_version_that_gains_trains_in_bfloat16_by_default_and_no_amp_turns_it_off(cli, images, tmp_path,
                                                                                      monkeypatch):
     monkeypatch.setattr(devices, "computes_in_bfloat16", lambda device: True)
@@ -136,6 +137,7 @@ print(plain, faults_per_step())
 
 
 @pytest.mark.skipif(not devices.runs_on_glibc(), reason="glibc's allocator only")
+@pytest.mark.slow
 def test_a_run_reuses_freed_memory_without_faulting_it_in_again():
     pages = (1 << 26) // os.sysconf("SC_PAGESIZE")  # of one block
     done = subprocess.run([sys.executable, "-c", FAULTS_ON_REUSE], capture_output=True, text=True, check=True,

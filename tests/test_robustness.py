@@ -47,6 +47,7 @@ def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, timeout: float
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_a_signal_mid_run_keeps_the_last_epoch_and_the_run_resumes(tmp_path, start, signum, status):
     data = make_mnist(tmp_path / "data", train=2000, test=100)
     run = tmp_path / "run"
@@ -66,6 +67,7 @@ def test_a_signal_mid_run_keeps_the_last_epoch_and_the_run_resumes(tmp_path, sta
     assert records.load_checkpoint(run / "checkpoint.pt")["epoch"] == done + 1
 
 
+@pytest.mark.slow
 def test_a_table_interrupted_names_the_command_that_continues_it(tmp_path, start):
     data = make_mnist(tmp_path / "data", train=2000, test=100)
     table = tmp_path / "table"

@@ -62,6 +62,7 @@ def test_resume_of_a_run_a_live_copy_trains_is_refused_naming_it(cli, mnist_dir,
     assert len(RunFolder(out / "v1-seed0").load_checkpoint()["metrics"]) == 1  # not trained
 
 
+@pytest.mark.slow
 def test_resume_takes_over_at_once_a_claim_whose_process_is_gone(cli, mnist_dir, tmp_path):
     out = tmp_path / "t"
     assert cli(*table(mnist_dir, out))[0] == 0
@@ -74,6 +75,7 @@ def test_resume_takes_over_at_once_a_claim_whose_process_is_gone(cli, mnist_dir,
     assert claims.read_claim(out / "v1-seed0") is None
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_fails_its_run_alone_and_retry_failed_trains_it_anew(cli, mnist_dir, tmp_path):
     out = tmp_path / "t"
     assert cli(*table(mnist_dir, out))[0] == 0
@@ -204,6 +206,7 @@ def test_a_file_system_without_hard_links_is_one_line_saying_so(cli, mnist_dir, 
     assert code == 1 and "hard links" in err and "one copy" in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_a_run_folder_keeps_its_config_while_it_is_cleared(cli, mnist_dir, tmp_path, monkeypatch):
     """A new run's folder is cleared before it trains, and --force clears every run: config.json stays meanwhile,
     so `status` and the other copies see the whole table (a copy killed there leaves it whole too)."""
@@ -223,6 +226,7 @@ def test_a_run_folder_keeps_its_config_while_it_is_cleared(cli, mnist_dir, tmp_p
     assert len(seen) == 6 and all(line.startswith("2 runs:") for line in seen), seen
 
 
+@pytest.mark.slow
 def test_force_waits_for_a_damaged_claim_no_longer_than_its_own_lease(cli, mnist_dir, tmp_path):
     out = tmp_path / "t"
     assert cli(*table(mnist_dir, out))[0] == 0

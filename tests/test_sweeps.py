@@ -191,6 +191,7 @@ LONG_SETTINGS = ["lr=0.012345678901234567,0.023456789012345678", "momentum=0.000
                  "muon_momentum=0.56789012345678901", "muon_weight_decay=0.12345678901234567"]
 
 
+@pytest.mark.slow
 def test_long_settings_name_run_folders_within_120_characters_found_again_by_the_same_command(cli, mnist_dir,
                                                                                               tmp_path):
     table, words = tmp_path / "sweep", [word for setting in LONG_SETTINGS for word in ("--set", setting)]

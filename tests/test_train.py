@@ -67,6 +67,7 @@ def test_same_seed_gives_identical_metrics(cli, mnist_dir, tmp_path):
     assert strip(metrics_of(tmp_path / "a")) == strip(metrics_of(tmp_path / "b"))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(cli, cifar_dir, tmp_path):
     train_tiny(cli, cifar_dir, tmp_path / "whole", "--device", "cpu", version="9", epochs=4)
     train_tiny(cli, cifar_dir, tmp_path / "parts", "--device", "cpu", version="9", epochs=2)
@@ -80,6 +81,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(cli, cifar_dir, tmp_
             assert float(a[name]) == pytest.approx(float(b[name]), abs=1e-6), name
 
 
+@pytest.mark.slow
 def test_eval_every_does_not_change_the_trained_weights(cli, cifar_dir, tmp_path):
     train_tiny(cli, cifar_dir, tmp_path / "every", "--eval-every", 1, "--device", "cpu", version="9", epochs=3)
     train_tiny(cli, cifar_dir, tmp_path / "rarely", "--eval-every", 5, "--device", "cpu", version="9", epochs=3)
@@ -196,6 +198,7 @@ def test_existing_run_folder_needs_resume_or_force(cli, mnist_dir, tmp_path):
     assert len(metrics_of(tmp_path / "run")) == 2
 
 
+@pytest.mark.slow
 def test_table_of_two_versions_writes_results_and_skips_them_next_time(cli, mnist_dir, tmp_path):
     table = tmp_path / "table"
     code, out, err = cli("1,3", "--epochs", 2, "--data-dir", mnist_dir, "--out", table, "--quiet")
@@ -219,6 +222,7 @@ def test_table_of_two_versions_writes_results_and_skips_them_next_time(cli, mnis
     assert code == 0 and out.count("skipped") == 2 and "Training..." not in out
 
 
+@pytest.mark.slow
 def test_table_resumes_an_unfinished_run_and_reports_seed_spread(cli, mnist_dir, tmp_path):
     table = tmp_path / "table"
     code, _, err = cli("1", "--seeds", "0,1", "--epochs", 1, "--data-dir", mnist_dir, "--out", table, "--quiet")
@@ -264,6 +268,7 @@ def test_amp_runs_on_the_cpu_and_is_recorded(cli, mnist_dir, tmp_path, monkeypat
     assert dtypes == {torch.bfloat16}  # training and testing, under bfloat16 autocast
 
 
+@pytest.mark.slow
 def test_an_image_folder_in_a_table_stands_in_for_the_versions_of_its_size(cli, mnist_dir, image_folder, tmp_path):
     table = tmp_path / "table"
     code, out, err = cli("1,6", "--epochs", 1, "--data-dir", mnist_dir, "--image-folder", image_folder, "--out", table,
