@@ -48,7 +48,7 @@ def cutmix(images, labels, classes, generator, alpha: float = 1.0):
     partner = torch.randperm(len(images), generator=generator).to(images.device)
     images = images.clone()
     images[..., top:top + box_height, left:left + box_width] = \
-        images[partner][..., top:top + box_height, left:left + box_width]
+        images[partner, ..., top:top + box_height, left:left + box_width]
     kept = 1 - box_height * box_width / (height * width)
     targets = one_hot(labels, classes)
     return images, targets.lerp(targets[partner], 1 - kept)

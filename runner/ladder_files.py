@@ -18,10 +18,6 @@ from runner.settings import DATASETS, REGISTERED, Recipe
 DUMMY_BATCH = 2
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def error_line(path: Path, error: BaseException) -> str:
     """The file and line where running the ladder file failed, with its error."""
     if isinstance(error, SyntaxError) and error.filename == str(path):
@@ -41,11 +37,13 @@ def load(file: str) -> None:
     ladder.use_built_in()
     rows, ladder._writing = {}, {}
     # its own module name, which can shadow none of the runner's (a file may be called data.py)
-    module = types.ModuleType(f"ladder_file_{digest(path)[:16]}")
+    source = path.read_bytes()  # read once: the contents run are the contents hashed
+    sha256 = hashlib.sha256(source).hexdigest()
+    module = types.ModuleType(f"ladder_file_{sha256[:16]}")
     module.__file__ = str(path)
     try:
         sys.modules[module.__name__] = module  # classes defined in it find their module, as for any import
-        exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
+        exec(compile(source, str(path), "exec"), module.__dict__)
         rows = ladder._writing
     except Exception as error:  # noqa: BLE001 - the file's own error, shown as one line with its line number
         raise LadderError(error_line(path, error)) from None
@@ -56,7 +54,7 @@ def load(file: str) -> None:
     VERSIONS.clear()
     VERSIONS.update(rows)
     ladder.SOURCE.clear()
-    ladder.SOURCE.update(file=str(path), sha256=digest(path))
+    ladder.SOURCE.update(file=str(path), sha256=sha256)
     for row in rows.values():
         check_row(row.recipe, row.dataset, f"row {row.number}", row.params)
 
