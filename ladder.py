@@ -106,12 +106,13 @@ def image_folder(path: str, size: int, channels: int = 3) -> str:
         raise LadderError(f"image_folder({path!r}): give size= a whole number of pixels and channels= 1 or 3")
     try:
         classes, samples = list_image_folder(split_folder(folder, True))
+        _, tests = list_image_folder(split_folder(folder, False))
     except DataError as error:
         raise LadderError(f"image_folder({path!r}): {error}") from None
     counts = collections.Counter(label for _, label in samples)
     name = FOLDER_PREFIX + folder
     add(DATASETS, name, Dataset(os.path.basename(folder), channels, size,
-                                tuple(counts[index] for index in range(len(classes)))))
+                                tuple(counts[index] for index in range(len(classes))), len(tests)))
     return name
 
 
@@ -128,12 +129,12 @@ def parent_row(row: Version) -> Version | None:
 
 def rung(number: int, dataset: str, ideas: dict, params: int | None = None, reference: tuple | None = None,
          remark: str = "", reference_source: str = "seed", epochs: int | None = None, autocast: bool | None = None,
-         seconds: float | None = None, parent=PREVIOUS) -> None:
+         seconds: float | None = None, tflop: float | None = None, parent=PREVIOUS) -> None:
     """Add row `number`: its parent's recipe with `ideas` applied (a first row without a parent: the seed's
     recipe, an MLP). `params`: the exact parameter count, checked when given; `reference`: (train, test) accuracy it
     is compared with; `epochs`: its own number of epochs (default: the parent's); `autocast`: bfloat16 by default
     where the device computes in it (default: as its parent); `seconds`: one epoch measured on the 2-core CPU, for
-    --dry-run's estimates."""
+    --dry-run's estimates; `tflop`: the arithmetic of a whole run, shown by `list` and checked when given."""
     where = f"row {number}"
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         raise LadderError(f"rung({number!r}, ...): a row's number is a whole number of 1 or more")
@@ -164,7 +165,7 @@ def rung(number: int, dataset: str, ideas: dict, params: int | None = None, refe
     if autocast is None:
         autocast = bool(grown_from and grown_from.autocast)
     _writing[number] = Version(number, dataset, recipe, params, reference, remark, reference_source, parent, ideas,
-                               autocast, seconds)
+                               autocast, seconds, tflop)
 
 
 def arguments_of(function, given: set, where: str) -> dict:

@@ -61,7 +61,7 @@ def one_device(text: str) -> str:
 
 def describe_model(recipe: Recipe) -> str:
     args = recipe.model_args
-    text = recipe.model + (f"(w={args['width']})" if "width" in args else "")
+    text = recipe.model + (f"({args['width']})" if "width" in args else "")
     if args.get("batch_norm"):
         text += "+BN"
     if args.get("dropout"):
@@ -75,7 +75,7 @@ def describe_model(recipe: Recipe) -> str:
 
 def describe_optimizer(recipe: Recipe) -> str:
     text = ("Adam" if recipe.optimizer == "adam" else "Nesterov" if recipe.nesterov else "SGD") + f" {recipe.lr:g}"
-    return f"Muon {recipe.muon_lr:g} + {text}" if recipe.optimizer == "muon" else text
+    return f"Muon {recipe.muon_lr:g}+{text}" if recipe.optimizer == "muon" else text
 
 
 LIST_WIDTH = 120  # every line `list` prints fits a terminal this wide
@@ -85,14 +85,15 @@ REMARK_INDENT = "    "
 def version_table() -> str:
     """The ladder, a version to a line, each row's remark wrapped on the lines under it; then what the reference
     accuracies are, and each row's ideas over its parent."""
-    header = ("v", "dataset", "model", "optimizer", "batch", "epochs", "params", "train", "test")
+    header = ("v", "dataset", "model", "optimizer", "batch", "epochs", "params", "TFLOP", "train", "test")
     rows = []
     for row in VERSIONS.values():
         recipe, reference = row.recipe, row.reference
         accuracy = [f"{value:.{2 if row.reference_source == 'seed' else 4}f}" for value in reference] \
             if reference else ["-", "-"]
         rows.append((str(row.number), DATASETS[row.dataset].title, describe_model(recipe), describe_optimizer(recipe),
-                     str(recipe.batch_size), str(recipe.epochs), f"{row.params:,}" if row.params else "-", *accuracy))
+                     str(recipe.batch_size), str(recipe.epochs), f"{row.params:,}" if row.params else "-",
+                     "-" if row.tflop is None else f"{row.tflop:,.3g}", *accuracy))
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
 
     def aligned(cells: tuple) -> str:

@@ -5,6 +5,7 @@ A ladder file is code: it is run only when a command line names it, never becaus
 Its absolute path and SHA-256 go into every run's identity (ladder.SOURCE), so that a results folder, a copy or a
 resumed run refuses a file that changed since."""
 import hashlib
+import math
 import sys
 import traceback
 import types
@@ -13,9 +14,10 @@ from pathlib import Path
 import configs  # noqa: F401  (the built-in rows, which a file's rows may grow from)
 import ladder
 from ladder import BUILT_IN, VERSIONS, LadderError
-from runner.settings import DATASETS, REGISTERED, Recipe
+from runner.settings import DATASETS, REGISTERED, Recipe, Version
 
 DUMMY_BATCH = 2
+TFLOP_TOLERANCE = 0.01  # a row's stored figure may be rounded to three digits
 
 
 def error_line(path: Path, error: BaseException) -> str:
@@ -57,6 +59,8 @@ def load(file: str) -> None:
     ladder.SOURCE.update(file=str(path), sha256=sha256)
     for row in rows.values():
         check_row(row.recipe, row.dataset, f"row {row.number}", row.params)
+        if row.tflop is not None:
+            check_tflop(row)
 
 
 def needs_check(recipe: Recipe) -> bool:
@@ -95,6 +99,15 @@ def check_row(recipe: Recipe, dataset: str, where: str, params: int | None = Non
         raise LadderError(f"{name} has {count_parameters(model):,} parameters, not the {params:,} the row gives")
     if recipe.batch_transform != "none":
         check_transform(recipe, batch, labels, classes, where)
+
+
+def check_tflop(row: Version) -> None:
+    from runner.arithmetic import run_tflop
+
+    counted = run_tflop(row)
+    if not math.isclose(counted, row.tflop, rel_tol=TFLOP_TOLERANCE):
+        raise LadderError(f"row {row.number}: a whole run counts {counted:,.3g} TFLOP, not the {row.tflop:,} the row "
+                          "gives")
 
 
 def check_transform(recipe: Recipe, images, labels, classes: int, where: str) -> None:

@@ -24,6 +24,7 @@ class Dataset:
     channels: int
     size: int
     class_sizes: tuple  # training images per class, so that a --holdout is checked before any data is read
+    test_images: int
 
     @property
     def classes(self) -> int:
@@ -31,11 +32,11 @@ class Dataset:
 
 
 DATASETS = {
-    "mnist": Dataset("MNIST", 1, 28, (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)),
-    "fashion_mnist": Dataset("Fashion-MNIST", 1, 28, (6000,) * 10),
-    "cifar10": Dataset("CIFAR-10", 3, 32, (5000,) * 10),
-    "cifar100": Dataset("CIFAR-100", 3, 32, (500,) * 100),
-    "svhn": Dataset("SVHN", 3, 32, (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659)),
+    "mnist": Dataset("MNIST", 1, 28, (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949), 10000),
+    "fashion_mnist": Dataset("Fashion-MNIST", 1, 28, (6000,) * 10, 10000),
+    "cifar10": Dataset("CIFAR-10", 3, 32, (5000,) * 10, 10000),
+    "cifar100": Dataset("CIFAR-100", 3, 32, (500,) * 100, 10000),
+    "svhn": Dataset("SVHN", 3, 32, (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659), 26032),
 }
 
 
@@ -326,6 +327,8 @@ class Version:
     # seconds per epoch (training and its test) of the row's recipe measured on the 2-core CPU of docs/results.md;
     # None: not measured
     epoch_seconds: float | None = None
+    # the arithmetic of a whole run in TFLOP, as runner/arithmetic.py counts it; None: not counted
+    tflop: float | None = None
 
 
 def flag_fields(kind: type) -> list:

@@ -3,16 +3,17 @@ moments, must never lose a run or train one twice.
 
     python scripts/soak.py --minutes 30 --seed 1      # rounds until 30 minutes have passed
     python scripts/soak.py --rounds 3 --copies 4 --out /tmp/soak
+    python scripts/soak.py --rounds 1 --short         # the suite's form: two runs a round, fewer faults
 
-Each round trains a tiny table (four seeds) or sweep (two arms, two seeds) on synthetic MNIST with several copies
-at once (tests/patched_main.py with PATCH=epochs,windows: every epoch begun and finished is recorded, and the
-moments where a crash hurts most last longer) and injects, at moments drawn from the round's seed: SIGKILL and
-SIGTERM of a copy, SIGKILL inside a claim's link, a takeover, a release or a run folder's write, copies started
-late or with other leases, `--resume RUN --epochs 2` of a claimed run, `--force` while claims are live (in a
+Each round trains a tiny table (four seeds; two with --short) or sweep (two arms, two seeds; one) on synthetic MNIST
+with several copies at once (tests/patched_main.py with PATCH=epochs,windows: every epoch begun and finished is
+recorded, and the moments where a crash hurts most last longer) and injects, at moments drawn from the round's seed:
+SIGKILL and SIGTERM of a copy, SIGKILL inside a claim's link, a takeover, a release or a run folder's write, copies
+started late or with other leases, `--resume RUN --epochs 2` of a claimed run, `--force` while claims are live (in a
 quarter of the rounds), a claim file overwritten with garbage, a checkpoint cut short (while the soak holds the
-run's claim, as no copy trains it then), and `main.py status` every second. Once every copy has ended it runs the
-command once more undisturbed, as a user repeats it (and with --retry-failed when a cut checkpoint failed its
-run), then checks:
+run's claim, as no copy trains it then), and `main.py status` every second (3 s). Once every copy has ended it runs the
+command once more undisturbed, as a user repeats it (and with --retry-failed when a cut checkpoint failed its run),
+then checks:
 
 - every run finished; a run recorded failed only where the soak cut its checkpoint, saying so (--retry-failed
   then trains it);
@@ -30,6 +31,7 @@ every copy (claims taken whoever holds them), which the soak must catch. Exit st
 import argparse
 import collections
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -48,12 +50,31 @@ from runner import claims  # noqa: E402
 from runner.records import CHECKPOINT, CLAIM, CONFIG, FAILED, METRICS  # noqa: E402
 
 PATCHED = str(ROOT / "tests" / "patched_main.py")
-TABLES = {"table": ["1", "--seeds", "0-3", "--epochs", "2", "--batch-size", "50"],
-          "sweep": ["1", "--set", "lr=0.05,0.1", "--seeds", "0,1", "--epochs", "2", "--batch-size", "50"]}
 EPOCHS = 2
 LEASE = 2
 OTHER_LEASES = (1, 4)
-FAULT_SECONDS = 12  # faults are drawn within this many seconds of the table's placing
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+    """How much a round does: its tables, its faults (how many, drawn within how many seconds of the table's
+    placing), how late its late copy starts at most and how often it calls `status`."""
+    tables: dict
+    faults: tuple[int, int]
+    fault_seconds: float
+    late_within: float
+    status_every: float
+
+
+FULL = Form(tables={"table": ["1", "--seeds", "0-3", "--epochs", str(EPOCHS), "--batch-size", "50"],
+                    "sweep": ["1", "--set", "lr=0.05,0.1", "--seeds", "0,1", "--epochs", str(EPOCHS),
+                              "--batch-size", "50"]},
+            faults=(3, 7), fault_seconds=12, late_within=8, status_every=1)
+# the suite's form: two runs a round, fewer faults sooner, `status` less often
+SHORT = Form(tables={"table": ["1", "--seeds", "0,1", "--epochs", str(EPOCHS), "--batch-size", "50"],
+                     "sweep": ["1", "--set", "lr=0.05,0.1", "--seeds", "0", "--epochs", str(EPOCHS),
+                               "--batch-size", "50"]},
+             faults=(2, 4), fault_seconds=4, late_within=3, status_every=3)
 ROUND_LIMIT = 400  # seconds a round's copies (and then the repeated command) may take before they count as hung: a
 # round takes about 50 s on an idle 2-core machine and three times that beside a test suite
 TIMES = ("seconds", "test_seconds")  # the columns that differ between equal runs
@@ -70,10 +91,10 @@ REFUSALS = {"SIGTERM": ("interrupted",), "force": ("--force:",),
 class Round:
     """One round: its copies, the faults it injected and the violations found."""
 
-    def __init__(self, seed: int, work: Path, data: Path, copies: int):
-        self.seed, self.data, self.copies = seed, data, copies
+    def __init__(self, seed: int, work: Path, data: Path, copies: int, form: Form):
+        self.seed, self.data, self.copies, self.form = seed, data, copies, form
         self.rng = random.Random(seed)
-        self.kind = self.rng.choice(sorted(TABLES))
+        self.kind = self.rng.choice(sorted(form.tables))
         self.force = self.rng.random() < 0.25
         self.step_delay, self.window_delay = self.rng.uniform(0.05, 0.25), self.rng.uniform(0.05, 0.3)
         folder = work / f"round-{seed}"
@@ -87,7 +108,7 @@ class Round:
         self.violations = []
 
     def command(self, lease: float = LEASE, *more) -> list:
-        return [*TABLES[self.kind], "--data-dir", str(self.data), "--out", str(self.out), "--threads", "1",
+        return [*self.form.tables[self.kind], "--data-dir", str(self.data), "--out", str(self.out), "--threads", "1",
                 "--device", "cpu", "--quiet", "--lease", str(lease), *more]
 
     def start(self, role: str, argv: list, patch: str = "epochs,windows", probe: Path | None = None,
@@ -113,10 +134,12 @@ class Round:
     def schedule(self) -> tuple[list, list]:
         """(seconds after the round's start, copy) and (seconds after the table was placed, fault), drawn from the
         round's seed: faults count from the first config.json, as copies take seconds to start."""
-        starts = [(0.0, False)] * self.copies + [(self.rng.uniform(1, 8), True)]  # (when, late)
-        faults = [(self.rng.uniform(0, FAULT_SECONDS), self.rng.choice(FAULTS)) for _ in range(self.rng.randint(3, 7))]
+        starts = [(0.0, False)] * self.copies + [(self.rng.uniform(1, self.form.late_within), True)]  # (when, late)
+        seconds = self.form.fault_seconds
+        faults = [(self.rng.uniform(0, seconds), self.rng.choice(FAULTS))
+                  for _ in range(self.rng.randint(*self.form.faults))]
         if self.force:
-            faults.append((self.rng.uniform(0, FAULT_SECONDS / 2), "force"))
+            faults.append((self.rng.uniform(0, seconds / 2), "force"))
         return starts, sorted(faults)
 
     def placed(self) -> bool:
@@ -124,7 +147,7 @@ class Round:
 
     def run(self) -> None:
         """Start the copies and inject the faults as scheduled (a fault that finds nothing to act on is tried
-        again while copies run), with `status` every second once the table is placed; until every copy ended (the
+        again while copies run), with `status` every second or so once the table is placed; until every copy ended (the
         faults left then are dropped)."""
         starts, faults = self.schedule()
         started, placed, last_status = time.monotonic(), None, 0.0
@@ -139,7 +162,7 @@ class Round:
                 if not self.inject(fault) and self.live_trainers():
                     faults.append((now - placed + 0.5, fault))
                     faults.sort()
-            if placed is not None and now - last_status >= 1:
+            if placed is not None and now - last_status >= self.form.status_every:
                 self.start("status", ["status", str(self.out)], patch="")
                 last_status = now
             if now > ROUND_LIMIT:
@@ -369,21 +392,21 @@ def same_weights(path: Path, reference: Path) -> bool:
     return ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
-def train_reference(kind: str, work: Path, data: Path) -> Path:
+def train_reference(form: Form, kind: str, work: Path, data: Path) -> Path:
     """The table trained once, undisturbed, by one process."""
     out = work / f"reference-{kind}"
-    done = subprocess.run([sys.executable, str(ROOT / "main.py"), *TABLES[kind], "--data-dir", str(data), "--out",
+    done = subprocess.run([sys.executable, str(ROOT / "main.py"), *form.tables[kind], "--data-dir", str(data), "--out",
                            str(out), "--threads", "1", "--device", "cpu", "--quiet"], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"error: the undisturbed {kind} failed: {done.stderr.strip()}")
     return out
 
 
-def play_round(seed: int, work: Path, data: Path, copies: int, references: dict) -> tuple[Round, list]:
+def play_round(seed: int, work: Path, data: Path, copies: int, form: Form, references: dict) -> tuple[Round, list]:
     """A round played and checked; with the names of its runs."""
-    round_ = Round(seed, work, data, copies)
+    round_ = Round(seed, work, data, copies, form)
     if round_.kind not in references:
-        references[round_.kind] = train_reference(round_.kind, work, data)
+        references[round_.kind] = train_reference(form, round_.kind, work, data)
     round_.run()
     round_.finish()
     round_.check_processes()
@@ -400,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="the first round's seed (the next rounds': +1 each); default: random")
     parser.add_argument("--copies", type=int, default=3, help="copies started at once in each round, one more "
                         "comes late (default 3)")
+    parser.add_argument("--short", action="store_true", help="the suite's short form: two runs a round, two to "
+                        "four faults within 4 s, `status` every 3 s")
     parser.add_argument("--out", type=Path, help="where the rounds' folders go (default: a new temporary folder)")
     return parser
 
@@ -415,7 +440,7 @@ def main() -> int:
     references, faults, violations, runs, played = {}, collections.Counter(), [], 0, 0
     while played < args.rounds if args.rounds else time.monotonic() < deadline:
         started = time.monotonic()
-        round_, names = play_round(seed + played, work, data, args.copies, references)
+        round_, names = play_round(seed + played, work, data, args.copies, SHORT if args.short else FULL, references)
         played, runs = played + 1, runs + len(names)
         faults.update(round_.faults)
         violations += [(round_.seed, violation) for violation in round_.violations]

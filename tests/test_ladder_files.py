@@ -152,6 +152,7 @@ BAD_FILES = {
                 "    return images, torch.full((len(labels), classes), 0.5)\n"
                 "rung(1, 'mnist', {'c': {'batch_transform': 'half'}})\n", "returns targets that are neither"),
     "params": ("rung(1, 'mnist', {}, params=5)\n", "has 79,510 parameters, not the 5 the row gives"),
+    "tflop": ("rung(1, 'mnist', {}, tflop=0.6)\n", "row 1: a whole run counts 0.519 TFLOP, not the 0.6 the row gives"),
 }
 
 

@@ -1,5 +1,5 @@
-"""The soak test of shared results folders (scripts/soak.py) in short: one round passes with faults injected and no
-violation, and a defect that lets two copies train one run is caught."""
+"""The soak test of shared results folders (scripts/soak.py) in its short form: one round passes with faults injected
+and no violation, and a defect that lets two copies train one run is caught."""
 import os
 import re
 import subprocess
@@ -11,7 +11,7 @@ from conftest import ROOT
 
 
 def soak(tmp_path, *argv, **environment) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--out",
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--short", "--out",
                            str(tmp_path / "soak"), *argv], capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, **environment))
     return done.returncode, done.stdout + done.stderr
