@@ -62,9 +62,9 @@ def summed_loss(output: torch.Tensor, targets: torch.Tensor, label_smoothing: fl
 def train_step(state: TrainingState, images: torch.Tensor, labels: torch.Tensor,
                divisor: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on the loss summed and divided by `divisor` (the batch's size, or this process's share
-    of the global batch); returns the summed loss and the correct count, still on the device. The recipe's batch
-    transform makes the images and targets the loss sees; the count is against the labels before it."""
-    images, targets = state.transform_batch(images, labels)
+    of the global batch); returns the summed loss and the correct count, still on the device. The recipe's early size
+    and batch transform make the images and targets the loss sees; the count is against the labels before it."""
+    images, targets = state.transform_batch(state.resize_batch(images), labels)
     with autocast(images.device, state.amp):
         output = state.step_model(images)
     loss = summed_loss(output, targets, state.recipe.label_smoothing)

@@ -1,4 +1,5 @@
 from torch import nn
+from torch.nn import functional as F
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -27,6 +28,17 @@ class ConvGroup(nn.Sequential):
                          nn.GELU(), Conv(out_channels, out_channels), BatchNorm(out_channels, momentum), nn.GELU())
 
 
+class FinalPool(nn.MaxPool2d):
+    """airbench94's 3x3 max-pool over the last feature map (for 32x32 images, all of it), or over the whole map where
+    it is smaller: images under 25 pixels, such as a recipe's early epochs at a smaller size."""
+
+    def __init__(self):
+        super().__init__(3)
+
+    def forward(self, x):
+        return F.max_pool2d(x, min(3, x.shape[-2], x.shape[-1]))
+
+
 class AirbenchNet(nn.Module):
     """The airbench94 network: three conv groups without residuals, a max-pool over what is left and a bias-free
     linear layer whose output is scaled down by `scale`."""
@@ -38,7 +50,7 @@ class AirbenchNet(nn.Module):
         for width in widths:
             groups.append(ConvGroup(channels, width, momentum))
             channels = width
-        self.net = nn.Sequential(*groups, nn.MaxPool2d(3), nn.Flatten(), nn.Linear(channels, classes, bias=False))
+        self.net = nn.Sequential(*groups, FinalPool(), nn.Flatten(), nn.Linear(channels, classes, bias=False))
         self.scale = scale
 
     def forward(self, x):

@@ -21,8 +21,8 @@ def counted(work) -> int:
 
 def run_tflop(row: Version) -> float:
     """TFLOP of a whole run of the row as `python main.py V` trains it: every epoch's training steps over the
-    training split (the last, shorter batch too unless the recipe drops it) and a test pass, then the final test
-    pass with the recipe's test-time augmentation where it has one."""
+    training split at the epoch's image size (the last, shorter batch too unless the recipe drops it) and a test
+    pass, then the final test pass with the recipe's test-time augmentation where it has one."""
     recipe, dataset = row.recipe, DATASETS[row.dataset]
     model = on_device(build_model(recipe, dataset.channels, dataset.classes), META)
     state = TrainingState(row.number, recipe, model, META, 0, 1)
@@ -35,14 +35,21 @@ def run_tflop(row: Version) -> float:
         labels = torch.zeros(count, dtype=torch.long, device=META)
         return counted(lambda: train_step(state, images(count), labels, count))
 
+    def epoch(number: int) -> int:
+        """An epoch's training steps; the step resizes the images as the recipe has it in that epoch."""
+        state.epoch = number - 1
+        full, rest = divmod(sum(dataset.class_sizes), recipe.batch_size)
+        return full * step(recipe.batch_size) + (step(rest) if rest and not recipe.drop_last else 0)
+
     def test(tta: str) -> int:
         model.eval()
         with torch.no_grad():
             return counted(lambda: summed_loss(tta_output(model, images(dataset.test_images), tta),
                                                torch.zeros(dataset.test_images, dtype=torch.long, device=META)))
 
-    full, rest = divmod(sum(dataset.class_sizes), recipe.batch_size)
     model.train()
-    epoch = full * step(recipe.batch_size) + (step(rest) if rest and not recipe.drop_last else 0)
-    final = test(recipe.tta) if recipe.tta != "none" else 0
-    return (recipe.epochs * (epoch + test("none")) + final) / 1e12
+    sizes = {recipe.image_size(number, dataset.size): number for number in range(1, recipe.epochs + 1)}
+    training = {size: epoch(number) for size, number in sizes.items()}  # an epoch of each size, counted once
+    trained = sum(training[recipe.image_size(number, dataset.size)] for number in range(1, recipe.epochs + 1))
+    plain, final = test("none"), test(recipe.tta) if recipe.tta != "none" else 0
+    return (trained + recipe.epochs * plain + final) / 1e12

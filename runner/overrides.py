@@ -203,6 +203,12 @@ def check_recipe(recipe: Recipe, dataset: str, classic_loader: bool) -> None:
     if recipe.whitening and kind.takes is not None:
         raise SetError(f"whitening=true needs a model that takes any number of channels and pools its features "
                        f"globally (AirbenchNet); {recipe.model} does not")
+    if recipe.early_size and (recipe.early_size >= images.size or not recipe.early_epochs):
+        raise SetError(f"early_size={recipe.early_size}: give a size below the images' ({images.size}) and "
+                       "early_epochs=N, the epochs trained at it")
+    if recipe.early_size and kind.takes is not None:
+        raise SetError(f"early_size={recipe.early_size} needs a model that takes images of any size (AirbenchNet); "
+                       f"{recipe.model} does not")
     if recipe.crop_padding >= images.size:
         raise SetError(f"crop_padding={recipe.crop_padding}: must be less than the images' size ({images.size})")
     if recipe.nesterov and (recipe.optimizer == "adam" or recipe.momentum == 0):

@@ -215,6 +215,10 @@ class Recipe:
     whitening: bool = False  # a frozen 2x2 patch-whitening convolution (and GELU) in front of the model
     # its bias trains only during these first epochs
     whitening_bias_epochs: int = field(default=3, metadata=accepts(within=AT_LEAST_0))
+    # the first early_epochs epochs train on images resized on the device to early_size x early_size (bilinear,
+    # antialiased): cheaper steps while the network learns coarse features (0: every epoch at the images' size)
+    early_size: int = field(default=0, metadata=accepts(within=AT_LEAST_0))
+    early_epochs: int = field(default=0, metadata=accepts(within=AT_LEAST_0))
     # random crop from the image reflect-padded by this many pixels (less than the image's size)
     crop_padding: int = field(default=0, metadata=accepts(within=AT_LEAST_0))
     # none | random (each image, each epoch) | alternating (a random half, then all, in turn)
@@ -231,6 +235,10 @@ class Recipe:
     @property
     def scheduled(self) -> bool:
         return self.warmup_start != 1.0 or self.final_lr_factor != 1.0
+
+    def image_size(self, epoch: int, size: int) -> int:
+        """The size training images have in `epoch` (from 1), for images of `size`."""
+        return self.early_size if self.early_size and epoch <= self.early_epochs else size
 
 
 @dataclass(frozen=True)

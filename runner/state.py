@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from runner.devices import derive_seed, device_rng_state, restore_device_rng
 from runner.distributed import SOLO, Group
@@ -75,6 +76,13 @@ class TrainingState:
     def lr(self) -> float:
         """The main group's current learning rate (the last of the first optimizer's)."""
         return self.optimizers[0].param_groups[-1]["lr"]
+
+    def resize_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """A training batch at the size the recipe gives this epoch (the one under way is self.epoch + 1)."""
+        size = self.recipe.image_size(self.epoch + 1, images.shape[-1])
+        if size == images.shape[-1]:
+            return images
+        return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
     def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The recipe's batch transform of a training batch: images, and targets (labels or probabilities)."""

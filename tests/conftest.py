@@ -31,8 +31,9 @@ def pytest_collection_modifyitems(items):
 
 
 # One thread: tiny batches gain nothing from more, and on a busy machine OpenMP threads waiting on each other stall.
+# The processes the tests start inherit it, unless a test gives --threads.
 torch.set_num_threads(1)
-
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from conftest import ROOT
 
 
 def soak(tmp_path, *argv, **environment) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--short", "--out",
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--short", "--copies", "2", "--out",
                            str(tmp_path / "soak"), *argv], capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, **environment))
     return done.returncode, done.stdout + done.stderr
@@ -30,7 +30,7 @@ def test_a_round_of_faults_loses_and_doubles_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_copies_that_ignore_each_others_claims_are_caught(tmp_path):
-    code, output = soak(tmp_path, "--seed", "5", "--copies", "2", SOAK_DEFECT="unguarded")
+    code, output = soak(tmp_path, "--seed", "5", SOAK_DEFECT="unguarded")
     assert code == 1 and counted("violations", output) > 0, output
     # which invariant breaks first depends on timing: a run trained twice, or a run whose files the other copy
     # cleared under it, failed with no fault to explain it
