@@ -67,6 +67,25 @@ def results_figure(curves: dict, split: str = "test"):
     return figure
 
 
+def frontier_figure(lines: dict):
+    """Accuracy against seconds, a line per version through its budgets, each point its mean over seeds with its 95%
+    interval and labelled with its epochs. lines: version -> [(seconds, accuracy, low, high, epochs)]."""
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for version, found in lines.items():
+        seconds, accuracy = [point[0] for point in found], [point[1] for point in found]
+        errors = [[point[1] - point[2] if point[2] is not None else 0 for point in found],
+                  [point[3] - point[1] if point[3] is not None else 0 for point in found]]
+        axis.errorbar(seconds, accuracy, yerr=errors, marker="o", capsize=3, label=f"version {version}")
+        for x, y, *_, epochs in found:
+            axis.annotate(f"{epochs}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    axis.set_xlabel("seconds of the whole run (training, its tests, the final test)")
+    axis.set_ylabel("test accuracy (mean, 95% interval)")
+    axis.set_title("Time and accuracy: each point a number of epochs")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return figure
+
+
 def differences_figure(comparisons: list):
     """One bar per comparison: the difference of mean accuracy with its 95% interval (paired by seed), zero marked.
     comparisons: [(label, difference, low, high)]."""

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real processes, torchrun, Slurm arrays, real data or long searches; "
                             "-m 'not slow' leaves the quick tier")
+    config.addinivalue_line("markers", "pictures: the test's runs draw their pictures (the others save a 1x1 PNG)")
 
 
 def pytest_collection_modifyitems(items):
@@ -34,6 +35,30 @@ def pytest_collection_modifyitems(items):
 # The processes the tests start inherit it, unless a test gives --threads.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def pictures_drawn_only_where_asked(request, monkeypatch):
+    """In this process, a picture is drawn only in the tests marked `pictures`: elsewhere a saved picture is a 1x1
+    PNG and a figure for TensorBoard a 1x1 image under its tag, as drawing took a third of a tiny run's time. The
+    figures are still made, so that what feeds them runs."""
+    if request.node.get_closest_marker("pictures"):
+        return
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    from runner import plots
+
+    def save(figure, f) -> None:
+        Image.new("RGB", (1, 1), "white").save(f, format="PNG")
+        plots.plt.close(figure)
+
+    def add_figure(writer, tag, figure, global_step=None, close=True, walltime=None) -> None:
+        plots.plt.close(figure)
+        writer.add_image(tag, np.zeros((3, 1, 1), dtype=np.uint8), global_step, walltime)
+
+    monkeypatch.setattr(plots, "save", save)
+    monkeypatch.setattr(SummaryWriter, "add_figure", add_figure)
 
 
 @pytest.fixture(autouse=True)

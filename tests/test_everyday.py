@@ -171,6 +171,7 @@ def test_resize_needs_an_image_folder(cli):
     assert code == 2 and "--image-folder" in err.strip().splitlines()[-1]
 
 
+@pytest.mark.pictures
 def test_eval_writes_the_most_confident_mistakes(cli, image_folder, tmp_path):
     run = tmp_path / "run"
     assert cli("7", "--epochs", 1, "--image-folder", image_folder, "--out", run, "--quiet")[0] == 0

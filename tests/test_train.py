@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from PIL import Image
 
 from runner import records
 import train
@@ -30,6 +31,7 @@ def train_tiny(cli, data_dir, run_dir, *extra, version="1", epochs=2):
     return out
 
 
+@pytest.mark.pictures
 def test_a_run_prints_the_seed_output_and_writes_its_record(cli, mnist_dir, tmp_path):
     out = train_tiny(cli, mnist_dir, tmp_path / "run")
     lines = out.splitlines()
@@ -50,7 +52,14 @@ def test_a_run_prints_the_seed_output_and_writes_its_record(cli, mnist_dir, tmp_
     assert config["classes"][0] == "0 - zero" and config["torch"] == torch.__version__
     state = records.load_checkpoint(run / "checkpoint.pt")
     assert state["epoch"] == 2 and state["metrics"][-1]["test_acc"] == float(rows[-1]["test_acc"])
-    assert (run / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert Image.open(run / "curves.png").size == (1000, 400)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    figures = {tag: events.Images(tag)[-1] for tag in events.Tags()["images"]}
+    assert set(figures) == {"test/confusion_matrix", "test/mistakes"}
+    assert all(figure.width > 500 for figure in figures.values())  # drawn, not the 1x1 stand-in
 
 
 def test_default_run_folder_is_named_by_version_and_time(cli, mnist_dir, tmp_path):
@@ -199,6 +208,7 @@ def test_existing_run_folder_needs_resume_or_force(cli, mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.pictures
 def test_table_of_two_versions_writes_results_and_skips_them_next_time(cli, mnist_dir, tmp_path):
     table = tmp_path / "table"
     code, out, err = cli("1,3", "--epochs", 2, "--data-dir", mnist_dir, "--out", table, "--quiet")
@@ -238,6 +248,7 @@ def test_table_resumes_an_unfinished_run_and_reports_seed_spread(cli, mnist_dir,
     assert code == 1 and "lr" in err
 
 
+@pytest.mark.pictures
 def test_eval_and_predict_a_saved_run(cli, image_folder, tmp_path):
     run = tmp_path / "run"
     code, _, err = cli("7", "--epochs", 2, "--image-folder", image_folder, "--out", run, "--quiet")
