@@ -48,8 +48,11 @@ def run_tflop(row: Version) -> float:
                                                torch.zeros(dataset.test_images, dtype=torch.long, device=META)))
 
     model.train()
-    sizes = {recipe.image_size(number, dataset.size): number for number in range(1, recipe.epochs + 1)}
-    training = {size: epoch(number) for size, number in sizes.items()}  # an epoch of each size, counted once
-    trained = sum(training[recipe.image_size(number, dataset.size)] for number in range(1, recipe.epochs + 1))
+    trained, by_size = 0, {}  # an epoch's arithmetic by its images' size, counted once
+    for number in range(1, recipe.epochs + 1):
+        size = recipe.image_size(number, dataset.size)
+        if size not in by_size:
+            by_size[size] = epoch(number)
+        trained += by_size[size]
     plain, final = test("none"), test(recipe.tta) if recipe.tta != "none" else 0
     return (trained + recipe.epochs * plain + final) / 1e12

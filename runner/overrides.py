@@ -206,6 +206,8 @@ def check_recipe(recipe: Recipe, dataset: str, classic_loader: bool) -> None:
     if recipe.early_size and (recipe.early_size >= images.size or not recipe.early_epochs):
         raise SetError(f"early_size={recipe.early_size}: give a size below the images' ({images.size}) and "
                        "early_epochs=N, the epochs trained at it")
+    if recipe.early_epochs and not recipe.early_size:
+        raise SetError(f"early_epochs={recipe.early_epochs} needs early_size=S, the size those epochs train at")
     if recipe.early_size and kind.takes is not None:
         raise SetError(f"early_size={recipe.early_size} needs a model that takes images of any size (AirbenchNet); "
                        f"{recipe.model} does not")

@@ -36,6 +36,7 @@ def test_a_run_trains_its_early_epochs_on_smaller_images_and_tests_on_whole_ones
 @pytest.mark.parametrize("settings, message", [
     (["early_size=32", "early_epochs=2"], "give a size below the images' (32)"),
     (["early_size=16"], "and early_epochs=N"),
+    (["early_epochs=2"], "early_epochs=2 needs early_size=S"),
 ])
 def test_an_early_size_that_cannot_be_is_one_line(cli, tmp_path, settings, message):
     words = [word for setting in settings for word in ("--set", setting)]
