@@ -11,9 +11,9 @@ recorded, and the moments where a crash hurts most last longer) and injects, at 
 SIGKILL and SIGTERM of a copy, SIGKILL inside a claim's link, a takeover, a release or a run folder's write, copies
 started late or with other leases, `--resume RUN --epochs 2` of a claimed run, `--force` while claims are live (in a
 quarter of the rounds), a claim file overwritten with garbage, a checkpoint cut short (while the soak holds the
-run's claim, as no copy trains it then), and `main.py status` every second (3 s). Once every copy has ended it runs the
-command once more undisturbed, as a user repeats it (and with --retry-failed when a cut checkpoint failed its run),
-then checks:
+run's claim, as no copy trains it then), and `main.py status` every second (every 3 s with --short). Once every
+copy has ended it runs the command once more undisturbed, as a user repeats it (and with --retry-failed when a cut
+checkpoint failed its run), then checks:
 
 - every run finished; a run recorded failed only where the soak cut its checkpoint, saying so (--retry-failed
   then trains it);
@@ -147,8 +147,8 @@ class Round:
 
     def run(self) -> None:
         """Start the copies and inject the faults as scheduled (a fault that finds nothing to act on is tried
-        again while copies run), with `status` every second or so once the table is placed; until every copy ended (the
-        faults left then are dropped)."""
+        again while copies run), with `status` every few seconds (the form's) once the table is placed; until every
+        copy ended (the faults left then are dropped)."""
         starts, faults = self.schedule()
         started, placed, last_status = time.monotonic(), None, 0.0
         while starts or self.live_trainers():
