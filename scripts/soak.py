@@ -392,26 +392,33 @@ def same_weights(path: Path, reference: Path) -> bool:
     return ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
-def train_reference(form: Form, kind: str, work: Path, data: Path) -> Path:
-    """The table trained once, undisturbed, by one process."""
+def start_reference(form: Form, kind: str, work: Path, data: Path) -> subprocess.Popen:
+    """The table trained once, undisturbed, by one process of its own, beside the round's copies."""
     out = work / f"reference-{kind}"
-    done = subprocess.run([sys.executable, str(ROOT / "main.py"), *form.tables[kind], "--data-dir", str(data), "--out",
-                           str(out), "--threads", "1", "--device", "cpu", "--quiet"], capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"error: the undisturbed {kind} failed: {done.stderr.strip()}")
-    return out
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *form.tables[kind], "--data-dir", str(data),
+                             "--out", str(out), "--threads", "1", "--device", "cpu", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def reference_folder(process: subprocess.Popen) -> Path:
+    """The reference's results folder, once it has trained (the first round of its kind waits for it)."""
+    if process.returncode is None:
+        _, err = process.communicate()
+        if process.returncode != 0:
+            sys.exit(f"error: the undisturbed table failed: {err.strip()}")
+    return Path(process.args[process.args.index("--out") + 1])
 
 
 def play_round(seed: int, work: Path, data: Path, copies: int, form: Form, references: dict) -> tuple[Round, list]:
-    """A round played and checked; with the names of its runs."""
+    """A round played and checked; with the names of its runs. references: kind -> the process training it."""
     round_ = Round(seed, work, data, copies, form)
     if round_.kind not in references:
-        references[round_.kind] = train_reference(form, round_.kind, work, data)
+        references[round_.kind] = start_reference(form, round_.kind, work, data)
     round_.run()
     round_.finish()
     round_.check_processes()
     round_.check_epochs()
-    return round_, round_.check_results(references[round_.kind])
+    return round_, round_.check_results(reference_folder(references[round_.kind]))
 
 
 def build_parser() -> argparse.ArgumentParser:
