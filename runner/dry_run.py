@@ -1,6 +1,6 @@
 """--dry-run: what a training command would do, printed, and nothing done. After the checks that need no data
 (checks.py), it plans: each run with its folder, what that folder holds (finished, partial, claimed, failed or
-new), its epochs and an estimate of its time, then the total. No torch is imported and no image decoded (an image
+new), its epochs and an estimate of its time and arithmetic, then the total. No torch is imported and no image decoded (an image
 folder's files are listed, to match the runs already there); nothing is written, launched, submitted, claimed or
 waited for. What only the work itself would meet (the device, Slurm, a dataset to download, a folder the command
 would refuse) is a line of the plan, not an error."""
@@ -20,7 +20,7 @@ from runner.settings import DATASETS, RunConfig
 from runner.sources import DataSource, data_identity, dataset_files
 
 TIMES = ("Times: the version's seconds per epoch measured on docs/results.md's 2-core CPU, times the epochs left "
-         '("unknown": none measured)')
+         '("unknown": none measured); TFLOP: its whole run\'s (list) per epoch, times the epochs left')
 
 
 def plan_lines(parser: argparse.ArgumentParser, args: argparse.Namespace, processes: int) -> list[str]:
@@ -189,7 +189,16 @@ def estimate(row: Row) -> str:
     seconds = VERSIONS[row.version].epoch_seconds
     if not row.left:
         return "0 s"
-    return "unknown" if seconds is None else f"~{max(1, round(seconds * row.left)):,} s"
+    time = "unknown" if seconds is None else f"~{max(1, round(seconds * row.left)):,} s"
+    arithmetic = tflop_left(row)
+    return time if arithmetic is None else f"{time}, ~{arithmetic:,.3g} TFLOP"
+
+
+def tflop_left(row: Row) -> float | None:
+    """The arithmetic of the epochs left: the version's whole run's share per epoch (its final test spread over
+    them), or None where the ladder gives no figure."""
+    version = VERSIONS[row.version]
+    return None if version.tflop is None else version.tflop / version.recipe.epochs * row.left
 
 
 def run_lines(rows: list) -> list:
@@ -210,6 +219,9 @@ def total_line(rows: list) -> str:
     unknown = sum(1 for row in rows if row.left and VERSIONS[row.version].epoch_seconds is None)
     seconds = round(sum(known))
     work = f"~{seconds:,} s of training{duration(seconds)}" if known else "nothing to train"
+    arithmetic = [tflop_left(row) for row in rows if row.left and tflop_left(row) is not None]
+    if arithmetic:
+        work += f", ~{sum(arithmetic):,.3g} TFLOP"
     refused = "; as it stands the command refuses to start" if any(row.kind == "refused" for row in rows) else ""
     return f"Total: {len(rows)} run(s) ({counts}); {work}" + (
         f", and {unknown} run(s) of unknown time" if unknown else "") + refused

@@ -16,7 +16,9 @@ from runner.records import CLAIM, RunFolder
 
 
 def estimate(version: int, epochs: int) -> str:
-    return f"~{max(1, round(VERSIONS[version].epoch_seconds * epochs)):,} s"
+    row = VERSIONS[version]
+    return (f"~{max(1, round(row.epoch_seconds * epochs)):,} s, "
+            f"~{row.tflop / row.recipe.epochs * epochs:,.3g} TFLOP")
 
 
 def plan_rows(out: str) -> dict:
@@ -36,7 +38,8 @@ def test_the_plan_of_a_table_names_every_run_with_its_epochs_and_time(cli, mnist
     assert plan_rows(out) == {f"v{version}-seed{seed}": f"new 2 epochs {estimate(version, 2)}"
                               for version in (1, 2, 3) for seed in (0, 1)}
     total = round(sum(VERSIONS[version].epoch_seconds * 2 * 2 for version in (1, 2, 3)))
-    assert f"Total: 6 run(s) (6 new); ~{total:,} s of training" in out
+    arithmetic = sum(VERSIONS[version].tflop / 25 * 2 * 2 for version in (1, 2, 3))
+    assert f"Total: 6 run(s) (6 new); ~{total:,} s of training, ~{arithmetic:,.3g} TFLOP" in out
     assert f"Results folder: {tmp_path / 't'} (new)" in out
     assert f"Data: MNIST in {mnist_dir / 'MNIST' / 'raw'}" in out and "Data: Fashion-MNIST in" in out
     assert not (tmp_path / "t").exists()
@@ -54,7 +57,8 @@ def test_a_version_without_a_measured_time_is_estimated_unknown(cli, mnist_dir, 
     monkeypatch.setitem(VERSIONS, 2, replace(VERSIONS[2], epoch_seconds=None))
     code, out, err = cli("1,2", "--epochs", 3, "--data-dir", mnist_dir, "--dry-run")
     assert code == 0, err
-    assert plan_rows(out) == {"v1": f"new 3 epochs {estimate(1, 3)}", "v2": "new 3 epochs unknown"}
+    assert plan_rows(out) == {"v1": f"new 3 epochs {estimate(1, 3)}",
+                              "v2": f"new 3 epochs unknown, ~{VERSIONS[2].tflop / 25 * 3:.3g} TFLOP"}
     assert out.splitlines()[-2].endswith(", and 1 run(s) of unknown time")
 
 
