@@ -1,9 +1,9 @@
 """--dry-run: what a training command would do, printed, and nothing done. After the checks that need no data
 (checks.py), it plans: each run with its folder, what that folder holds (finished, partial, claimed, failed or
-new), its epochs and an estimate of its time and arithmetic, then the total. No torch is imported and no image decoded (an image
-folder's files are listed, to match the runs already there); nothing is written, launched, submitted, claimed or
-waited for. What only the work itself would meet (the device, Slurm, a dataset to download, a folder the command
-would refuse) is a line of the plan, not an error."""
+new), its epochs and an estimate of its time and arithmetic, then the total. No torch is imported and no image
+decoded (an image folder's files are listed, to match the runs already there); nothing is written, launched,
+submitted, claimed or waited for. What only the work itself would meet (the device, Slurm, a dataset to download,
+a folder the command would refuse) is a line of the plan, not an error."""
 import argparse
 from dataclasses import dataclass
 from datetime import datetime
@@ -219,7 +219,7 @@ def total_line(rows: list) -> str:
     unknown = sum(1 for row in rows if row.left and VERSIONS[row.version].epoch_seconds is None)
     seconds = round(sum(known))
     work = f"~{seconds:,} s of training{duration(seconds)}" if known else "nothing to train"
-    arithmetic = [tflop_left(row) for row in rows if row.left and tflop_left(row) is not None]
+    arithmetic = [tflop for tflop in map(tflop_left, rows) if tflop]
     if arithmetic:
         work += f", ~{sum(arithmetic):,.3g} TFLOP"
     refused = "; as it stands the command refuses to start" if any(row.kind == "refused" for row in rows) else ""

@@ -11,8 +11,8 @@ from conftest import ROOT
 
 
 def soak(tmp_path, *argv, **environment) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--short", "--copies", "2", "--out",
-                           str(tmp_path / "soak"), *argv], capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--short", "--copies",
+                           "2", "--out", str(tmp_path / "soak"), *argv], capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, **environment))
     return done.returncode, done.stdout + done.stderr
 
