@@ -9,7 +9,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from runner import claims
 from runner.records import CLAIM, RunFolder
+import forked
 from conftest import ROOT, make_mnist, read_metrics
 
 pytestmark = pytest.mark.slow  # real processes, or a long search
@@ -24,13 +24,12 @@ pytestmark = pytest.mark.slow  # real processes, or a long search
 PATCHED = str(ROOT / "tests" / "patched_main.py")
 
 
-def start_copy(*argv, probe: Path, delay: float = 0.0) -> subprocess.Popen:
+def start_copy(*argv, probe: Path, delay: float = 0.0) -> forked.Forked:
     environment = dict(os.environ, PATCH="epochs", PROBE_DIR=str(probe), STEP_DELAY=str(delay), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, PATCHED, *map(str, argv), "--quiet", "--threads", "1"], env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return forked.start([sys.executable, PATCHED, *map(str, argv), "--quiet", "--threads", "1"], env=environment)
 
 
-def finish(copy: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+def finish(copy: forked.Forked, timeout: float = 120) -> tuple[int, str, str]:
     out, err = copy.communicate(timeout=timeout)
     return copy.returncode, out, err
 

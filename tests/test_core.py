@@ -11,6 +11,7 @@ import pytest
 
 from runner import train_command
 from runner import records
+import forked
 from conftest import ROOT, make_image_folder, make_mnist
 from runner.settings import Recipe, RunIdentity, Runtime, flag_fields, resumable_names
 from runner.loaders import EVAL_BATCH
@@ -88,7 +89,7 @@ sys.exit(main.main(sys.argv[1:]))
 
 @pytest.fixture
 def child(tmp_path):
-    """Start main.py in a real process with a signal sent to itself `times` times on the at-th call of
+    """Start main.py in a process of its own (a fork: tests/forked.py) with a signal sent to itself `times` times on the at-th call of
     module.function, which then pauses `pause` seconds before doing its work; the process is always reaped, even
     when the test fails."""
     processes = []
@@ -96,8 +97,8 @@ def child(tmp_path):
     def start(module: str, function: str, at: int, signum: str, *argv, times: int = 1, pause: float = 0):
         code = CHILD.format(root=str(ROOT), module=module, function=function, at=at, signal=signum, times=times,
                             pause=pause)
-        process = subprocess.Popen([sys.executable, "-c", code, *map(str, argv), "--quiet", "--threads", "1"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        process = forked.start([sys.executable, "-c", code, *map(str, argv), "--quiet", "--threads", "1"],
+                               cwd=tmp_path)
         processes.append(process)
         out, err = process.communicate(timeout=180)
         return process.returncode, out, err
@@ -110,8 +111,8 @@ def child(tmp_path):
 
 
 def resume(run, epochs: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run), "--epochs", str(epochs),
-                           "--quiet"], capture_output=True, text=True, timeout=180)
+    return forked.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run), "--epochs", str(epochs),
+                       "--quiet"], timeout=180)
 
 
 @pytest.mark.slow
@@ -148,8 +149,7 @@ def test_a_signal_during_an_image_folder_decode_stops_and_the_same_command_start
     assert code == 130 and "Traceback" not in err, err
     assert "start the run again" in err and "Training..." not in out
     assert not list((tmp_path / "cache").glob("*.pt"))
-    again = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, argv), "--quiet"], capture_output=True,
-                           text=True, timeout=180)
+    again = forked.run([sys.executable, str(ROOT / "main.py"), *map(str, argv), "--quiet"], timeout=180)
     assert again.returncode == 0, again.stderr
 
 

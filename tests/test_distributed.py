@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from runner import records
+import forked
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics
 from runner.distributed import free_port
 
@@ -27,12 +28,11 @@ def torchrun(*argv, processes: int = 2, patch: str | None = None, restarts: int 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                f"--max-restarts={restarts}", "--monitor-interval=0.2", PATCHED if patch else MAIN,
                *map(str, argv), "--quiet", "--threads", "2"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=cwd)
+    return forked.run(command, env=environment, cwd=cwd, timeout=timeout)
 
 
 def alone(*argv):
-    return subprocess.run([sys.executable, MAIN, *map(str, argv), "--quiet", "--threads", "1"], capture_output=True,
-                          text=True, timeout=240)
+    return forked.run([sys.executable, MAIN, *map(str, argv), "--quiet", "--threads", "1"], timeout=240)
 
 
 def metrics(run) -> list:
@@ -153,7 +153,7 @@ def test_two_machines_meet_on_one_rendezvous(tmp_path):
                    f"--node-rank={node}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
                    "--rdzv-id=two-nodes", MAIN, "1", "--epochs", "1", "--batch-size", "32", "--data-dir", str(data),
                    "--out", str(tmp_path / "run"), "--quiet", "--threads", "1"]
-        nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        nodes.append(forked.start(command))
     try:
         outputs = [node.communicate(timeout=240) for node in nodes]
     finally:
@@ -172,8 +172,7 @@ def stop_a_long_run(tmp_path, stop) -> tuple[str, str, list]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", PATCHED, "1",
                "--epochs", "500", "--batch-size", "16", "--data-dir", str(data), "--out", str(run), "--quiet",
                "--threads", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, PATCH="steps", PROBE_DIR=str(probe), PYTHONUNBUFFERED="1"))
+    process = forked.start(command, env=dict(os.environ, PATCH="steps", PROBE_DIR=str(probe), PYTHONUNBUFFERED="1"))
     try:
         deadline = time.monotonic() + 120
         while not ((run / "checkpoint.pt").exists() and (probe / "pid-rank1").exists()):

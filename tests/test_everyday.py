@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from runner import records
+import forked
 from conftest import ROOT, make_image_folder, make_mnist, read_metrics
 from data import DataSource, load_split
 from runner import plots
@@ -92,7 +93,7 @@ def test_runs_stopped_crashed_and_resumed_log_each_epoch_once(tmp_path):
 
     def session(fault, *argv):
         command = [sys.executable, "-c", FAULT.format(root=str(ROOT), fault=fault), *map(str, argv), "--quiet"]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+        return forked.run(command, timeout=120)
 
     stopped = session("stop", "1", "--epochs", 3, "--batch-size", 16, "--data-dir", data, "--out", run)
     assert stopped.returncode == 130 and records.load_checkpoint(run / "checkpoint.pt")["epoch"] == 1

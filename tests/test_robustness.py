@@ -1,6 +1,5 @@
 """Interruptions in a real process, and fuzzed input to the parser, the dataset readers and checkpoint loading."""
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from runner import checks
 from runner import train_command
 from runner import records
 import train
+import forked
 from conftest import ROOT, make_mnist, run_cli
 from data import DataSource, load_split
 from runner.errors import RunnerError
@@ -21,12 +21,12 @@ from runner.errors import RunnerError
 
 @pytest.fixture
 def start(tmp_path):
-    """Start main.py in a real process; every process started is reaped, even when the test fails."""
+    """Start main.py in a process of its own (a fork: tests/forked.py); every process started is reaped, even when
+    the test fails."""
     processes = []
 
-    def run(*argv) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, argv), "--quiet", "--threads",
-                                    "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def run(*argv) -> forked.Forked:
+        process = forked.start([sys.executable, str(ROOT / "main.py"), *map(str, argv), "--quiet", "--threads", "1"])
         processes.append(process)
         return process
 
@@ -37,7 +37,7 @@ def start(tmp_path):
         process.communicate()
 
 
-def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, timeout: float = 120) -> None:
+def wait_for_checkpoint(process: forked.Forked, run_dir: Path, timeout: float = 120) -> None:
     """Wait until the run has kept an epoch: what the test then asserts on, not a time."""
     deadline = time.monotonic() + timeout
     while not (run_dir / "checkpoint.pt").exists():
@@ -60,8 +60,8 @@ def test_a_signal_mid_run_keeps_the_last_epoch_and_the_run_resumes(tmp_path, sta
     assert f"python main.py --resume {run}" in err.strip().splitlines()[-1]
     done = records.load_checkpoint(run / "checkpoint.pt")["epoch"]
     assert done >= 1 and out.count("Epoch ") == done  # every epoch reported finished was kept, and only those
-    resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run), "--epochs",
-                              str(done + 1), "--quiet"], capture_output=True, text=True, timeout=120)
+    resumed = forked.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run), "--epochs", str(done + 1),
+                          "--quiet"], timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Epoch {done + 1} / {done + 1}" in resumed.stdout
     assert records.load_checkpoint(run / "checkpoint.pt")["epoch"] == done + 1

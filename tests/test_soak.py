@@ -2,18 +2,17 @@
 and no violation, and a defect that lets two copies train one run is caught."""
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
+import forked
 from conftest import ROOT
 
 
 def soak(tmp_path, *argv, **environment) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--short", "--copies",
-                           "2", "--out", str(tmp_path / "soak"), *argv], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, **environment))
+    done = forked.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--rounds", "1", "--short", "--copies", "2",
+                       "--out", str(tmp_path / "soak"), *argv], env=dict(os.environ, **environment), timeout=600)
     return done.returncode, done.stdout + done.stderr
 
 
