@@ -40,9 +40,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(autouse=True)
 def pictures_drawn_only_where_asked(request, monkeypatch):
     """In this process (and the processes a test forks from it: tests/forked.py), a picture is drawn only in the
-    tests marked `pictures`: elsewhere a saved picture is a 1x1
-    PNG and a figure for TensorBoard a 1x1 image under its tag, as drawing took a third of a tiny run's time. The
-    figures are still made, so that what feeds them runs."""
+    tests marked `pictures`: elsewhere a saved picture is a 1x1 PNG and a figure for TensorBoard a 1x1 image under
+    its tag, as drawing took a third of a tiny run's time. The figures are still made, so that what feeds them
+    runs."""
     if request.node.get_closest_marker("pictures"):
         return
     import numpy as np
