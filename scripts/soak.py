@@ -7,7 +7,8 @@ moments, must never lose a run or train one twice.
 
 Each round trains a tiny table (four seeds; two with --short) or sweep (two arms, two seeds; one) on synthetic MNIST
 with several copies at once (tests/patched_main.py with PATCH=epochs,windows: every epoch begun and finished is
-recorded, and the moments where a crash hurts most last longer) and injects, at moments drawn from the round's seed:
+recorded, and the moments where a crash hurts most last longer; each process a fork of the soak's own, which has
+imported what a run imports, as tests/forked.py starts them) and injects, at moments drawn from the round's seed:
 SIGKILL and SIGTERM of a copy, SIGKILL inside a claim's link, a takeover, a release or a run folder's write, copies
 started late or with other leases, `--resume RUN --epochs 2` of a claimed run, `--force` while claims are live (in a
 quarter of the rounds), a claim file overwritten with garbage, a checkpoint cut short (while the soak holds the
@@ -45,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import forked  # noqa: E402
 from conftest import make_mnist  # noqa: E402
 from runner import claims  # noqa: E402
 from runner.records import CHECKPOINT, CLAIM, CONFIG, FAILED, METRICS  # noqa: E402
@@ -112,7 +114,7 @@ class Round:
                 "--device", "cpu", "--quiet", "--lease", str(lease), *more]
 
     def start(self, role: str, argv: list, patch: str = "epochs,windows", probe: Path | None = None,
-              step_delay: float | None = None) -> subprocess.Popen:
+              step_delay: float | None = None) -> forked.Forked:
         log = self.logs / f"{len(self.processes):02d}-{role.replace(' ', '-')}"
         defect = os.environ.get("SOAK_DEFECT")
         environment = dict(os.environ, PATCH=patch + (f",{defect}" if defect else ""),
@@ -121,7 +123,7 @@ class Round:
                            WINDOW_DELAY=str(self.window_delay))
         program = [sys.executable, PATCHED] if patch else [sys.executable, str(ROOT / "main.py")]
         with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
-            process = subprocess.Popen([*program, *argv], env=environment, stdout=out, stderr=err)
+            process = forked.start([*program, *argv], env=environment, stdout=out, stderr=err)
         self.processes.append((role, process, log))
         return process
 
@@ -195,7 +197,7 @@ class Round:
         self.start("force", self.command(LEASE, "--force"), patch="epochs,windows,cleared")
         return True
 
-    def send(self, process: subprocess.Popen, signum: int) -> None:
+    def send(self, process: forked.Forked, signum: int) -> None:
         self.signals[process.pid].add(signum)
         process.send_signal(signum)
 
@@ -270,7 +272,7 @@ class Round:
             self.wait_for(self.start("retry", self.command(LEASE, "--retry-failed"), probe=retry_probe, step_delay=0))
             self.check_epochs_once(retry_probe)
 
-    def wait_for(self, process: subprocess.Popen) -> None:
+    def wait_for(self, process: forked.Forked) -> None:
         try:
             process.wait(ROUND_LIMIT)
         except subprocess.TimeoutExpired:
@@ -392,15 +394,14 @@ def same_weights(path: Path, reference: Path) -> bool:
     return ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
-def start_reference(form: Form, kind: str, work: Path, data: Path) -> subprocess.Popen:
+def start_reference(form: Form, kind: str, work: Path, data: Path) -> forked.Forked:
     """The table trained once, undisturbed, by one process of its own, beside the round's copies."""
     out = work / f"reference-{kind}"
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *form.tables[kind], "--data-dir", str(data),
-                             "--out", str(out), "--threads", "1", "--device", "cpu", "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return forked.start([sys.executable, str(ROOT / "main.py"), *form.tables[kind], "--data-dir", str(data), "--out",
+                         str(out), "--threads", "1", "--device", "cpu", "--quiet"])
 
 
-def reference_folder(process: subprocess.Popen) -> Path:
+def reference_folder(process: forked.Forked) -> Path:
     """The reference's results folder, once it has trained (the first round of its kind waits for it)."""
     if process.returncode is None:
         _, err = process.communicate()
@@ -443,6 +444,7 @@ def main() -> int:
     print(f"soak: seed {seed}, {args.copies} copies a round, folders in {work}", flush=True)
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")
     data = make_mnist(work / "data")
+    forked.import_what_runs_import()
     deadline = time.monotonic() + 60 * (args.minutes or 0)
     references, faults, violations, runs, played = {}, collections.Counter(), [], 0, 0
     while played < args.rounds if args.rounds else time.monotonic() < deadline:

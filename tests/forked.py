@@ -20,14 +20,26 @@ import tempfile
 import traceback
 
 
-def start(command: list, env: dict | None = None, cwd=None):
-    """subprocess.Popen(command, stdout=PIPE, stderr=PIPE, text=True, ...), forked where that is safe: on Linux (on
-    macOS, a fork without exec of a process that has used system frameworks may crash, so there it is a subprocess)."""
+def start(command: list, env: dict | None = None, cwd=None, stdout=None, stderr=None):
+    """subprocess.Popen(command, stdout=stdout or PIPE, stderr=stderr or PIPE, text=True, ...), forked where that
+    is safe: on Linux (on macOS, a fork without exec of a process that has used system frameworks may crash, so
+    there it is a subprocess). stdout and stderr: open files, or None to read them from communicate()."""
     if sys.platform != "linux":
-        return subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(command, env=env, cwd=cwd, stdout=stdout or subprocess.PIPE,
+                                stderr=stderr or subprocess.PIPE, text=True)
     if threads_asked(command) > 1:
         raise ValueError("a forked process computes on one thread: OpenMP's threads do not survive a fork")
-    return Forked(command, env, cwd)
+    return Forked(command, env, cwd, stdout, stderr)
+
+
+def import_what_runs_import() -> None:
+    """Import what a run imports on its way (torch.optim imports torch._dynamo as a run makes its optimizer), in the
+    process that will fork, so that no fork imports it again."""
+    import torch._dynamo  # noqa: F401
+    import torch.utils.tensorboard  # noqa: F401
+    import torchvision  # noqa: F401
+
+    from runner import plots  # noqa: F401
 
 
 def threads_asked(command: list) -> int:
@@ -42,12 +54,13 @@ class Forked:
     """The part of subprocess.Popen the tests use, for a command `[sys.executable, ...]`; stdout and stderr are
     text, read once the process has ended."""
 
-    def __init__(self, command: list, env: dict | None = None, cwd=None):
+    def __init__(self, command: list, env: dict | None = None, cwd=None, stdout=None, stderr=None):
         if command[0] != sys.executable:
             raise ValueError(f"a forked process runs Python, not {command[0]}")
         self.args = [str(word) for word in command]
         self.returncode = None
-        self.outputs = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self.outputs = [given or tempfile.TemporaryFile() for given in (stdout, stderr)]
+        self.captured = [given is None for given in (stdout, stderr)]
         environment = dict(os.environ if env is None else env)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -73,7 +86,7 @@ class Forked:
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)
-        return tuple(read(output) for output in self.outputs)
+        return tuple(read(output) if captured else None for output, captured in zip(self.outputs, self.captured))
 
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:

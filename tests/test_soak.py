@@ -29,7 +29,8 @@ def test_a_round_of_faults_loses_and_doubles_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_copies_that_ignore_each_others_claims_are_caught(tmp_path):
-    code, output = soak(tmp_path, "--seed", "5", SOAK_DEFECT="unguarded")
+    # seed 9's faults kill no copy (a round whose kills end both copies early may let the late ones miss each other)
+    code, output = soak(tmp_path, "--seed", "9", SOAK_DEFECT="unguarded")
     assert code == 1 and counted("violations", output) > 0, output
     # which invariant breaks first depends on timing: a run trained twice, or a run whose files the other copy
     # cleared under it, failed with no fault to explain it
