@@ -185,6 +185,7 @@ def resume_state(state: TrainingState, folder: RunFolder, run: RunConfig) -> Non
     """Load the run folder's checkpoint into the state; every process of a run meets the same failures here."""
     try:
         checkpoint = folder.load_checkpoint()
+        folder.catch_up_metrics(checkpoint)
         if checkpoint["version"] != run.version:
             raise CheckpointError(f"{folder.path / 'checkpoint.pt'} belongs to version {checkpoint['version']}, but "
                                   f"its config.json says version {run.version}: the folder is mixed up; train again "

@@ -255,6 +255,13 @@ class RunFolder:
     def epochs_done(self) -> int:
         return int(self.load_checkpoint()["epoch"]) if self.has_checkpoint() else 0
 
+    def catch_up_metrics(self, checkpoint: dict) -> None:
+        """metrics.csv is written after each epoch's checkpoint, so a process that ended between the two left it an
+        epoch behind: whoever goes on from the checkpoint (holding the run's claim) writes it from the checkpoint's
+        rows, and a finished run is then seen as finished."""
+        if self.epochs_recorded() < int(checkpoint["epoch"]):
+            self.write_metrics(checkpoint["metrics"])
+
     def epochs_recorded(self) -> int:
         """The epochs metrics.csv holds, read without torch (it is written after the checkpoint of each)."""
         try:

@@ -233,12 +233,15 @@ def watch(watcher: claims.Watcher, folders: list, lease: float) -> list:
 
 def ended_before(run: RunConfig, folder: RunFolder) -> str | None:
     """Why a run needs no training (it failed for good, or has its epochs), or None. A checkpoint that cannot be
-    loaded fails that run alone, recorded with the way to train it again."""
+    loaded fails that run alone, recorded with the way to train it again. Without the run's claim it is called only
+    where metrics.csv holds every epoch, so that catching metrics.csv up happens under the claim."""
     failure = folder.failure()
     if failure:
         return f"failed earlier ({failure}; --retry-failed tries it again)"
     try:
-        done = folder.epochs_done()
+        checkpoint = folder.load_checkpoint() if folder.has_checkpoint() else {"epoch": 0, "metrics": []}
+        folder.catch_up_metrics(checkpoint)
+        done = int(checkpoint["epoch"])
     except CheckpointError:
         folder.record_failure(f"its {CHECKPOINT} is damaged or not this tool's, so the run cannot go on from it; "
                               "--retry-failed trains this run again from its start, the table's other runs kept")

@@ -3,6 +3,7 @@ follow from their types; a signal at any point (a checkpoint write, a test pass,
 cleanly in a real process, keeping every finished epoch."""
 import csv
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import fields
@@ -12,7 +13,7 @@ import pytest
 from runner import train_command
 from runner import records
 import forked
-from conftest import ROOT, make_image_folder, make_mnist
+from conftest import ROOT, make_image_folder, make_mnist, read_metrics
 from runner.settings import Recipe, RunIdentity, Runtime, flag_fields, resumable_names
 from runner.loaders import EVAL_BATCH
 
@@ -113,6 +114,25 @@ def child(tmp_path):
 def resume(run, epochs: int) -> subprocess.CompletedProcess:
     return forked.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run), "--epochs", str(epochs),
                        "--quiet"], timeout=180)
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_its_last_checkpoint_and_metrics_csv_is_finished_by_the_same_command(child, tmp_path):
+    """The last epoch's checkpoint is in place and metrics.csv, written after it, still lacks that epoch: the same
+    command (and a --resume) writes metrics.csv again from the checkpoint instead of leaving it an epoch short."""
+    data, table = make_mnist(tmp_path / "data"), tmp_path / "table"
+    argv = ("1", "--seeds", 0, "--epochs", 2, "--data-dir", data, "--out", table)
+    code, _, err = child("runner.records", "RunFolder.write_metrics", 2, "SIGKILL", *argv)
+    run = table / "v1-seed0"
+    assert code == -signal.SIGKILL and records.load_checkpoint(run / "checkpoint.pt")["epoch"] == 2, err
+    assert len(read_metrics(run)) == 1
+    shutil.copytree(run, tmp_path / "single")
+    again = forked.run([sys.executable, str(ROOT / "main.py"), *map(str, argv), "--quiet"], timeout=180)
+    assert again.returncode == 0 and "v1-seed0; skipped" in again.stdout, again.stderr
+    assert [row["epoch"] for row in read_metrics(run)] == ["1", "2"]
+    finished = resume(tmp_path / "single", 2)
+    assert finished.returncode != 0 and "already finished 2 epochs" in finished.stderr
+    assert read_metrics(tmp_path / "single") == read_metrics(run)
 
 
 @pytest.mark.slow
