@@ -140,13 +140,15 @@ def become(argv: list, environment: dict, cwd, outputs: list) -> None:
     except BaseException:
         traceback.print_exc()
     finally:
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        if status < 0:
-            signal.signal(-status, signal.SIG_DFL)
-            os.kill(os.getpid(), -status)
-        os._exit(status)
+        try:
+            atexit._run_exitfuncs()
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            if status < 0:
+                signal.signal(-status, signal.SIG_DFL)
+                os.kill(os.getpid(), -status)
+        finally:
+            os._exit(status if status >= 0 else 1)  # whatever happened, the child never returns into the test
 
 
 def run_as_main(argv: list) -> int:
