@@ -331,7 +331,10 @@ def run_summary(folder: RunFolder, epochs: int, split: str = "test") -> tuple[di
         return None, f"failed: {failure}"
     if not folder.has_checkpoint():
         return None, "not trained yet"
-    metrics = folder.load_checkpoint()["metrics"]
+    try:
+        metrics = folder.load_checkpoint()["metrics"]
+    except CheckpointError:  # a table written before this run's turn came: its turn records it failed
+        return None, f"its {CHECKPOINT} is damaged or not this tool's (the run is recorded failed when its turn comes)"
     if len(metrics) < epochs:
         return None, f"trained {len(metrics)} of {epochs} epochs"
     key = f"{split}_acc"
