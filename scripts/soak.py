@@ -356,7 +356,12 @@ class Round:
             if (folder / FAILED).exists() or not (folder / CHECKPOINT).exists():
                 self.violations.append(f"{name} did not finish: {read(folder / FAILED) or 'no checkpoint'}")
                 continue
-            if not same_weights(folder / CHECKPOINT, reference / name / CHECKPOINT):
+            try:
+                same = same_weights(folder / CHECKPOINT, reference / name / CHECKPOINT)
+            except Exception as error:  # a finished run's checkpoint left damaged is a violation, not the soak's end
+                self.violations.append(f"{name}: its checkpoint cannot be read ({type(error).__name__})")
+                continue
+            if not same:
                 self.violations.append(f"{name}: its final weights differ from the undisturbed run's")
             if table(folder / METRICS, TIMES) != table(reference / name / METRICS, TIMES):
                 self.violations.append(f"{name}: its metrics.csv differs from the undisturbed run's")
