@@ -185,7 +185,6 @@ def resume_state(state: TrainingState, folder: RunFolder, run: RunConfig) -> Non
     """Load the run folder's checkpoint into the state; every process of a run meets the same failures here."""
     try:
         checkpoint = folder.load_checkpoint()
-        folder.catch_up_metrics(checkpoint)
         if checkpoint["version"] != run.version:
             raise CheckpointError(f"{folder.path / 'checkpoint.pt'} belongs to version {checkpoint['version']}, but "
                                   f"its config.json says version {run.version}: the folder is mixed up; train again "
@@ -195,6 +194,7 @@ def resume_state(state: TrainingState, folder: RunFolder, run: RunConfig) -> Non
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f"{folder.path / 'checkpoint.pt'} does not fit version {run.version}'s model "
                                   f"({type(error).__name__}): train again in a new folder") from None
+        folder.catch_up_metrics(checkpoint)
         if state.epoch >= run.recipe.epochs:
             if run.fixed_length:
                 raise RunnerError(f"{folder.path} already finished its {state.epoch} epochs, over which its learning "

@@ -239,9 +239,11 @@ def ended_before(run: RunConfig, folder: RunFolder) -> str | None:
     if failure:
         return f"failed earlier ({failure}; --retry-failed tries it again)"
     try:
-        checkpoint = folder.load_checkpoint() if folder.has_checkpoint() else {"epoch": 0, "metrics": []}
-        folder.catch_up_metrics(checkpoint)
-        done = int(checkpoint["epoch"])
+        done = 0
+        if folder.has_checkpoint():
+            checkpoint = folder.load_checkpoint()
+            folder.catch_up_metrics(checkpoint)
+            done = int(checkpoint["epoch"])
     except CheckpointError:
         folder.record_failure(f"its {CHECKPOINT} is damaged or not this tool's, so the run cannot go on from it; "
                               "--retry-failed trains this run again from its start, the table's other runs kept")
