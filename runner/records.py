@@ -294,6 +294,8 @@ class RunFolder:
         write_text(self / METRICS, "\n".join(lines) + "\n")
 
     def write_picture(self, name: str, draw) -> None:
-        """draw(f) renders a PNG into the file object f."""
+        """draw(f) renders a PNG into the file object f (checked first, as a checkpoint is, by the guard)."""
+        if self.guard:
+            self.guard()
         if self.writer:
             atomic_write(self / name, draw)

@@ -268,7 +268,11 @@ def train_claimed(run: RunConfig, folder: RunFolder, claim: claims.Claim, train,
 
     folder.guard = guard
     try:
-        train(run, folder, done > 0)
+        try:
+            train(run, folder, done > 0)
+        except OSError:
+            claim.check()  # taken over meanwhile, its folder may have been cleared under it: the loss is the news
+            raise
     except claims.ClaimLost as lost:
         say(f"{describe(run)}: {lost}")
         return False

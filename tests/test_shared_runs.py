@@ -261,3 +261,29 @@ def test_resume_takes_lease_for_the_claim_it_keeps(cli, mnist_dir, tmp_path, mon
     code, _, err = cli("--resume", out / "v1-seed0", "--epochs", 2, "--quiet", "--lease", 30)
     assert code == 0, err
     assert leases == [30.0]
+
+
+@pytest.mark.parametrize("moment", ["before", "during"])
+def test_a_copy_taken_over_as_it_draws_its_curves_leaves_the_run_to_the_taker(cli, mnist_dir, tmp_path, monkeypatch,
+                                                                               moment):
+    """Another copy takes the run over (this one's heartbeat had stood still) just before the curves are drawn, or
+    clears the folder while they are written: this copy says it lost the run, draws nothing into it and goes on
+    (here it takes the run back once the taker's lease lapses), instead of ending with a disk error."""
+    import train
+
+    real_draw, taken = train.draw_curves, []
+
+    def taken_over_then_draw(folder, run, metrics):
+        if not taken:
+            taken.append(claims.Claim(folder.path, 0.5))
+            taken[0].replace()  # the taker's claim in this copy's place; it never beats, so it lapses
+            if moment == "during":
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(folder.path / ".curves.tmp"))
+        real_draw(folder, run, metrics)
+
+    monkeypatch.setattr(train, "draw_curves", taken_over_then_draw)
+    out = tmp_path / "t"
+    code, stdout, err = cli("1", "--seeds", "0,1", "--epochs", 1, "--data-dir", mnist_dir, "--out", out, "--lease", 1)
+    assert code == 0 and "free space" not in err, err
+    assert stdout.count("was taken over by") == 1, stdout
+    assert len(RunFolder(out / "v1-seed0").load_checkpoint()["metrics"]) == 1
