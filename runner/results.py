@@ -47,7 +47,7 @@ def prepare_results_folder(path: Path) -> None:
             raise RunnerError(f"{path} is not a results folder (it holds {foreign}, which no run of this tool "
                               "wrote): give --out a new or empty folder (nothing in it was changed)")
     else:
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)  # a copy started at the same instant may make it between the two
 
 
 def ladder_name(source: dict) -> str:

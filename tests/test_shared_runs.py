@@ -287,3 +287,17 @@ def test_a_copy_taken_over_as_it_draws_its_curves_leaves_the_run_to_the_taker(cl
     assert code == 0 and "free space" not in err, err
     assert stdout.count("was taken over by") == 1, stdout
     assert len(RunFolder(out / "v1-seed0").load_checkpoint()["metrics"]) == 1
+
+
+def test_a_results_folder_another_copy_makes_between_the_look_and_the_mkdir_is_shared(tmp_path, monkeypatch):
+    out, real_exists = tmp_path / "t", Path.exists
+
+    def made_meanwhile(path):  # the other copy, started at the same instant, makes it just after this one looked
+        there = real_exists(path)
+        if path == out and not there:
+            out.mkdir()
+        return there
+
+    monkeypatch.setattr(Path, "exists", made_meanwhile)
+    results.prepare_results_folder(out)
+    assert out.is_dir()
