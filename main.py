@@ -48,6 +48,8 @@ def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
         return parser
     if command == "eval":
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
+        parser.add_argument("--tta", choices=("none", "mirror", "mirror+shift"), help="test-time augmentation for "
+                            "this test (default: the run's recipe's): what each part of it buys, on a trained model")
     parser.add_argument("--device", type=one_device, default="auto", metavar="D",
                         help="auto (default), cpu, cuda, cuda:K or mps")
     return parser

@@ -1,8 +1,8 @@
 """`python main.py ablate V`: the arms that test a row's ideas. V itself, V without each of its ideas (that idea's
 settings back at the parent's values) and the parent; with `--add`, the parent and the parent with each idea alone.
-Every arm trains for V's epochs, on V's dataset, in V's numerics (bfloat16 autocast by default where V has it, the
-parent's arm too: numerics are no idea of the ladder). No torch here: an ablation is planned and checked before any data
-is read."""
+Every arm trains for V's epochs (but V without an idea that sets them, which trains for the parent's), on V's
+dataset, in V's numerics (bfloat16 autocast by default where V has it, the parent's arm too: numerics are no idea of
+the ladder). No torch here: an ablation is planned and checked before any data is read."""
 from dataclasses import dataclass, replace
 
 from configs import VERSIONS
@@ -32,7 +32,7 @@ def check_ablatable(version: int) -> None:
     if parent.dataset != row.dataset:
         raise SetError(f"ablate {version}: version {version}'s parent, {row.parent}, trains on {parent.dataset} "
                        f"and {version} on {row.dataset}; a change of dataset is no idea. Ablate a version whose "
-                       "parent has its dataset (3-5, 7-13)")
+                       "parent has its dataset (3-5, 7-15)")
 
 
 def moving_idea(version: int, name: str) -> str | None:
@@ -68,7 +68,8 @@ def without(version: int, idea: str) -> Recipe:
 
 def plan(version: int, add: bool = False) -> list:
     """The arms of `ablate version` (with `add`, of `ablate version --add`), the one all others are compared with
-    first; every arm trains for the version's epochs, in its numerics."""
+    first; every arm trains for the version's epochs (an idea that sets them taken out: the parent's), in its
+    numerics."""
     check_ablatable(version)
     row = VERSIONS[version]
     # a built-in parent of a ladder file's row runs as that row, named for what it is

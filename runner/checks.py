@@ -229,7 +229,7 @@ def checked_ablation(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     version = args.ablated[0]
     assignments = parsed_assignments(parser, args)
     for name in given(Recipe, vars(args)):
-        idea = ablations.moving_idea(version, name) if name != "epochs" else None
+        idea = ablations.moving_idea(version, name)
         if idea:
             parser.error(f"--{name.replace('_', '-')}: ablate {version} moves {name} itself (idea: {idea}): leave "
                          "it out")

@@ -294,7 +294,7 @@ def run_saved(parser, args, command: str) -> None:
     source = DataSource(run.dataset, args.data_dir or run.runtime.data_dir,
                         args.image_folder or run.runtime.image_folder, args.cache_dir or run.runtime.cache_dir,
                         run.identity.resize)
-    report = saved.evaluate_run(folder, run, device, source, args.quiet)
+    report = saved.evaluate_run(folder, run, device, source, args.quiet, args.tta or run.recipe.tta)
     print(f"Test Loss: {report['loss']:.4f} | Test Acc: {report['accuracy']:.4f}"
           + (f" (test-time augmentation: {report['tta']})" if report["tta"] else ""))
     width = max(len(name) for name in report["per_class"])

@@ -30,15 +30,15 @@ def load_trained(folder: RunFolder, run: RunConfig, device: torch.device,
     return on_device(model, device).eval(), list(state["classes"])
 
 
-def evaluate_run(folder: RunFolder, run: RunConfig, device: torch.device, source: DataSource, quiet: bool) -> dict:
-    """Test a saved run on its test split (with its recipe's test-time augmentation): loss, accuracy, per-class
-    accuracy, confusion.png, and mistakes.png with the most confident mistakes."""
+def evaluate_run(folder: RunFolder, run: RunConfig, device: torch.device, source: DataSource, quiet: bool,
+                 tta: str) -> dict:
+    """Test a saved run on its test split with test-time augmentation `tta` (its recipe's unless asked otherwise):
+    loss, accuracy, per-class accuracy, confusion.png, and mistakes.png with the most confident mistakes."""
     model, classes = load_trained(folder, run, device)
     test = load_split(source, train=False)
     check_classes(classes, test.classes, source.name)
     loader = ResidentLoader(test, BatchPlan(len(test.labels), eval_batch_size(run.recipe)), device)
-    result = evaluate(model, loader, device, run.identity.amp, quiet, len(classes), tta=run.recipe.tta,
-                      keep_outputs=True)
+    result = evaluate(model, loader, device, run.identity.amp, quiet, len(classes), tta=tta, keep_outputs=True)
     per_class = (result.confusion.diag() / result.confusion.sum(dim=1).clamp(min=1)).tolist()
     title = f"Version {run.version}"
     folder.write_picture(CONFUSION, lambda f: plots.save(plots.confusion_figure(result.confusion, classes, title), f))
@@ -47,7 +47,7 @@ def evaluate_run(folder: RunFolder, run: RunConfig, device: torch.device, source
         test.images, test.labels, mistakes, classes, f"{title}: the most confident mistakes"), f))
     wrong = int(result.confusion.sum() - result.confusion.trace())
     return dict(loss=result.loss, accuracy=result.accuracy, per_class=dict(zip(classes, per_class)),
-                tta=TTA_NAMES.get(run.recipe.tta), wrong=wrong, shown=len(mistakes), total=len(test.labels))
+                tta=TTA_NAMES.get(tta), wrong=wrong, shown=len(mistakes), total=len(test.labels))
 
 
 @torch.no_grad()

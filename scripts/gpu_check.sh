@@ -2,8 +2,8 @@
 # The prepared GPU check: on a machine with one NVIDIA GPU and no internet, in about 8 minutes, from the repository
 # root (torch, torchvision, tqdm, numpy, matplotlib, pytest and hypothesis installed):
 #   1. the CUDA tests (tests/test_gpu.py), then the rest of the test suite (failures named);
-#   2. bench.py --synthetic for versions 1, 9, 13 and 14 (with the compiled column and its compile time);
-#   3. versions 9 (25 epochs), 13 and 14 in their default numerics (bfloat16 for 13 and 14 on a GPU that has it),
+#   2. bench.py --synthetic for versions 1, 9, 13, 14 and 15 (with the compiled column and its compile time);
+#   3. versions 9 (25 epochs), 13, 14 and 15 in their default numerics (bfloat16 for 13-15 on a GPU that has it),
 #      and 13 compiled, on a synthetic image folder of CIFAR-10's shape written here: the time from the first step
 #      to the final test (the epochs' train + test seconds and the final test, from the checkpoint), with the whole
 #      process's time beside it (compilation included);
@@ -24,7 +24,7 @@ timeout 300 python3 -m pytest -q -rf -n 8 tests --ignore=tests/test_gpu.py 2>&1 
 
 echo "== 2. bench.py --synthetic"
 timeout 150 python3 bench.py --synthetic --versions 1,9 --steps 100 --repeats 3
-timeout 240 python3 bench.py --synthetic --versions 13,14 --steps 20 --repeats 3
+timeout 240 python3 bench.py --synthetic --versions 13,14,15 --steps 20 --repeats 3
 
 echo "== 3. first step to final test on a synthetic CIFAR-10-shaped image folder"
 python3 - "$WORK/images" <<'PY'
@@ -65,7 +65,7 @@ accuracy = rows[-1].get("final_test_acc", rows[-1]["test_acc"])
 print(f"first step to final test: {seconds:.2f} s over {len(rows)} epochs, test accuracy {accuracy:.4f}")
 PY
 }
-for run in 9 13 14 "13 --compile"; do
+for run in 9 13 14 15 "13 --compile"; do
   name=v${run// /}
   started=$(date +%s.%N)
   timeout 300 python3 main.py $run --image-folder "$WORK/images" --out "$WORK/$name" --quiet --eval-every 100 | tail -2

@@ -18,6 +18,8 @@ MODERN = dict(normalize=True, optimizer="sgd", momentum=0.9, nesterov=True, labe
               warmup_fraction=0.23, final_lr_factor=0.07, crop_padding=4, flip="random")
 AIRBENCH = dict(MODERN, lr=1.5, momentum=0.85, weight_decay=0.0153 / 11.5, norm_bias_lr_scale=64, batch_size=1024,
                 drop_last=True, epochs=10)
+MUON = dict(AIRBENCH, crop_padding=2, flip="alternating", optimizer="muon", batch_size=2000, epochs=8, whitening=True,
+            lookahead_from=3, tta="mirror+shift", muon_lr=0.24, muon_momentum=0.6, muon_weight_decay=0.1)
 # Each version's recipe as the table wrote it before it became a ladder of ideas.
 RECIPES = {
     1: Recipe("MLP"), 2: Recipe("MLP"), 3: Recipe("SmallConvNet"), 4: Recipe("WideConvNet"),
@@ -31,9 +33,8 @@ RECIPES = {
     12: Recipe("AirbenchNet", **AIRBENCH),
     13: Recipe("AirbenchNet", **dict(AIRBENCH, crop_padding=2, flip="alternating"), whitening=True, lookahead_from=3,
                tta="mirror+shift"),
-    14: Recipe("AirbenchNet", **dict(AIRBENCH, crop_padding=2, flip="alternating", optimizer="muon", batch_size=2000,
-                                     epochs=8), whitening=True, lookahead_from=3, tta="mirror+shift", muon_lr=0.24,
-               muon_momentum=0.6, muon_weight_decay=0.1),
+    14: Recipe("AirbenchNet", **MUON),
+    15: Recipe("AirbenchNet", {"widths": [64, 128, 128]}, **dict(MUON, epochs=14)),
 }
 
 
@@ -78,6 +79,15 @@ def test_a_version_of_one_idea_is_compared_with_its_parent_only_and_epochs_are_t
     assert ablations.plan(11)[-1].recipe == RECIPES[10].__class__(**{**asdict(RECIPES[10]), "epochs": 23})
 
 
+def test_an_idea_may_set_the_epochs_and_v_without_it_trains_for_the_parents():
+    epochs = VERSIONS[15].recipe.epochs
+    arms = ablations.plan(15)
+    # without its narrow blocks, 15 is its parent at 15's epochs: that arm is the parent's
+    assert [(arm.version, arm.idea) for arm in arms] == [(15, ""), (15, "without longer schedule"), (14, "")]
+    assert (arms[1].recipe.epochs, arms[1].recipe.model_args) == (8, {"widths": [64, 128, 128]})
+    assert arms[2].recipe == RECIPES[14].__class__(**{**asdict(RECIPES[14]), "epochs": epochs})
+
+
 def test_add_plans_the_parent_with_each_idea_alone():
     arms = ablations.plan(11, add=True)
     assert [arm.idea for arm in arms] == ["", "with normalised inputs", "with Nesterov SGD", "with weight decay",
@@ -97,6 +107,8 @@ def test_add_plans_the_parent_with_each_idea_alone():
     (["ablate", "11", "--batch-size", "64"], "--batch-size: ablate 11 moves batch_size itself (idea: batch 512)"),
     (["ablate", "9", "--set", "weight_decay=0,0.001"], "ablate takes one value per field"),
     (["ablate", "9", "--epochs", "2", "--set", "epochs=3"], "--epochs and --set epochs=... both set epochs"),
+    (["ablate", "15", "--epochs", "2"], "--epochs: ablate 15 moves epochs itself (idea: longer schedule)"),
+    (["ablate", "15", "--set", "epochs=2"], "--set epochs: ablate 15 moves epochs itself (idea: longer schedule)"),
     (["ablate", "9", "--set", "model=AirbenchNet"], "ablate 9 moves model itself (idea: dropout)"),
     (["ablate", "13", "--loader", "torchvision"], "flip=alternating needs the resident loader"),
 ])

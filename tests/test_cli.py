@@ -71,12 +71,12 @@ def bad_command_lines(tmp: Path) -> list:
     (empty_train / "test").mkdir()
     colour_folder = make_image_folder(tmp / "colour", train=10, test=10)
     return [
-        (["15"], 2, "'15'"),
+        (["16"], 2, "'16'"),
         (["0"], 2, "'0'"),
         (["nine"], 2, "'nine'"),
         (["1,x"], 2, "'1,x'"),
         (["7-3"], 2, "'7-3'"),
-        (["1-15"], 2, "'1-15'"),
+        (["1-16"], 2, "'1-16'"),
         (["1", "--epochs", "0"], 2, "'0'"),
         (["1", "--epochs", "two"], 2, "'two'"),
         (["1", "--batch-size", "-4"], 2, "'-4'"),

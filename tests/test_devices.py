@@ -85,7 +85,7 @@ def test_eval_keeps_every_tensor_on_the_device(trained_runs, version):
     run = folder.read_config()
     source = DataSource.of(run)
     with NoFloat64OffTheCpu(), pytest.raises((NotImplementedError, RuntimeError)) as raised:
-        saved.evaluate_run(folder, run, META, source, quiet=True)
+        saved.evaluate_run(folder, run, META, source, quiet=True, tta=run.recipe.tta)
     ends_at_a_host_read(raised.value)
 
 

@@ -235,3 +235,21 @@ def test_pictures_are_laid_out_around_an_arm_named_in_150_characters(draw):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plots.save(draw("W" * 150), io.BytesIO())
+
+
+def test_eval_tests_a_run_with_another_test_time_augmentation_on_request(cli, image_folder, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = cli("7", "--epochs", 1, "--set", "tta=mirror+shift", "--image-folder", image_folder, "--out", run,
+                         "--quiet")
+    assert code == 0, err
+    with open(run / "metrics.csv", newline="") as f:
+        plain = float(list(csv.DictReader(f))[-1]["test_acc"])  # an epoch's test has no augmentation
+    final = float(out.split("Test Acc: ")[-1].split()[0])
+    code, out, err = cli("eval", run, "--quiet")
+    assert code == 0 and f"Test Acc: {final:.4f} (test-time augmentation: mirror and 1-pixel shifts)" in out, err
+    code, out, err = cli("eval", run, "--quiet", "--tta", "none")
+    assert code == 0 and f"Test Acc: {plain:.4f}\n" in out, err
+    code, out, err = cli("eval", run, "--quiet", "--tta", "mirror")
+    assert code == 0 and "(test-time augmentation: mirror)" in out, err
+    code, _, err = cli("eval", run, "--tta", "shift")
+    assert code == 2 and "--tta" in err

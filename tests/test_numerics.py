@@ -45,7 +45,7 @@ def test_amp_resolves_from_the_flag_the_version_and_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: not including_emulation)
     assert devices.resolve_amp(None, True, gpu)
     assert not devices.resolve_amp(None, True, torch.device("mps"))
-    assert [n for n, row in configs.VERSIONS.items() if row.autocast] == [12, 13, 14]
+    assert [n for n, row in configs.VERSIONS.items() if row.autocast] == [12, 13, 14, 15]
 
 
 @pytest.mark.slow

@@ -119,7 +119,7 @@ def test_fields_lists_every_field_with_what_it_takes_and_imports_no_torch():
         for argument in kind.arguments}
     assert {"batch_transform.alpha", "batch_transform.size", "model.width"} <= set(names)
     flip = next(line for line in result.stdout.splitlines() if line.startswith("flip "))
-    assert "none | random | alternating" in flip and flip.rstrip().endswith("10,11,12,13,14")
+    assert "none | random | alternating" in flip and flip.rstrip().endswith("10,11,12,13,14,15")
 
 
 def rows(table):
