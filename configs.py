@@ -8,8 +8,8 @@ A row also names its exact parameter count, the accuracies it is compared with, 
 epoch of it took on the 2-core CPU of docs/results.md (the seconds of its full run there over its epochs; version
 14's from its per-epoch column under "Numerics, compilation and test passes" in docs/speed.md; version 15's from its
 reference runs on the AMX Xeon of "Version 15" there, where version 14's epochs take half as long), from which
---dry-run estimates, and the arithmetic of a whole run in TFLOP as runner/arithmetic.py counts it (tests/test_arithmetic.py
-counts it again)."""
+--dry-run estimates, and the arithmetic of a whole run in TFLOP as runner/arithmetic.py counts it
+(tests/test_arithmetic.py counts it again)."""
 from ladder import BUILT_IN, VERSIONS, rung
 from runner import batch_transforms  # noqa: F401  (registers mixup, cutmix and cutout)
 
