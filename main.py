@@ -14,7 +14,7 @@ from runner import train_command
 from runner import overrides
 from configs import VERSIONS
 from ladder import SOURCE, LadderError, parent_row, use_built_in
-from runner.settings import DATASETS, Recipe, device_name
+from runner.settings import DATASETS, TTA_KINDS, Recipe, device_name
 
 
 def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
         return parser
     if command == "eval":
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
-        parser.add_argument("--tta", choices=("none", "mirror", "mirror+shift"), help="test-time augmentation for "
+        parser.add_argument("--tta", choices=TTA_KINDS, help="test-time augmentation for "
                             "this test (default: the run's recipe's): what each part of it buys, on a trained model")
     parser.add_argument("--device", type=one_device, default="auto", metavar="D",
                         help="auto (default), cpu, cuda, cuda:K or mps")

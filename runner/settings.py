@@ -18,6 +18,8 @@ from dataclasses import MISSING, dataclass, field, fields
 TOOL = "basic-image-classification"
 
 
+TTA_KINDS = ("none", "mirror", "mirror+shift")  # test-time augmentations: a recipe's, or eval --tta's
+
 @dataclass(frozen=True)
 class Dataset:
     title: str
@@ -226,7 +228,7 @@ class Recipe:
     # from this epoch on, lookahead weight averaging every 5 steps (0: off)
     lookahead_from: int = field(default=0, metadata=accepts(within=AT_LEAST_0))
     # test-time augmentation of the final test
-    tta: str = field(default="none", metadata=accepts("none", "mirror", "mirror+shift"))
+    tta: str = field(default="none", metadata=accepts(*TTA_KINDS))
     # a registered function applied to each training batch on the device (mixup, cutmix, cutout, or a ladder
     # file's): choices are "none" and TRANSFORM_KINDS when read
     batch_transform: str = field(default="none", metadata=accepts("none"))
