@@ -1,8 +1,9 @@
 """`python main.py ablate V`: the arms that test a row's ideas. V itself, V without each of its ideas (that idea's
 settings back at the parent's values) and the parent; with `--add`, the parent and the parent with each idea alone.
-Every arm trains for V's epochs (but V without an idea that sets them, which trains for the parent's), on V's
-dataset, in V's numerics (bfloat16 autocast by default where V has it, the parent's arm too: numerics are no idea of
-the ladder). No torch here: an ablation is planned and checked before any data is read."""
+Every arm trains for V's epochs (but V without an idea that sets them, which trains for the parent's, and with
+`--add` the arms of a row with such an idea, which start from the parent's), on V's dataset, in V's numerics
+(bfloat16 autocast by default where V has it, the parent's arm too: numerics are no idea of the ladder). No torch
+here: an ablation is planned and checked before any data is read."""
 from dataclasses import dataclass, replace
 
 from configs import VERSIONS
@@ -22,6 +23,19 @@ class Arm:
     autocast: bool = False
 
 
+def ablatable() -> str:
+    """The versions ablate takes, as ranges ("3-5, 7-15"): those whose parent trains on their dataset."""
+    numbers = [number for number, row in sorted(VERSIONS.items())
+               if row.parent is not None and parent_row(row).dataset == row.dataset]
+    spans = []
+    for number in numbers:
+        if spans and spans[-1][1] == number - 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in spans)
+
+
 def check_ablatable(version: int) -> None:
     """SetError unless the version has a parent on its own dataset (ideas are only compared on the same data)."""
     row = VERSIONS[version]
@@ -32,7 +46,7 @@ def check_ablatable(version: int) -> None:
     if parent.dataset != row.dataset:
         raise SetError(f"ablate {version}: version {version}'s parent, {row.parent}, trains on {parent.dataset} "
                        f"and {version} on {row.dataset}; a change of dataset is no idea. Ablate a version whose "
-                       "parent has its dataset (3-5, 7-15)")
+                       f"parent has its dataset ({ablatable()})")
 
 
 def moving_idea(version: int, name: str) -> str | None:
@@ -68,14 +82,16 @@ def without(version: int, idea: str) -> Recipe:
 
 def plan(version: int, add: bool = False) -> list:
     """The arms of `ablate version` (with `add`, of `ablate version --add`), the one all others are compared with
-    first; every arm trains for the version's epochs (an idea that sets them taken out: the parent's), in its
-    numerics."""
+    first; every arm trains for the version's epochs (an idea that sets them taken out, or not yet added: the
+    parent's), in its numerics."""
     check_ablatable(version)
     row = VERSIONS[version]
     # a built-in parent of a ladder file's row runs as that row, named for what it is
     parent = Arm(version, parent_row(row).recipe, str(row.parent), row.autocast) if isinstance(row.parent, Builtin) \
         else Arm(row.parent, VERSIONS[row.parent].recipe, "", row.autocast)
-    parent = replace(parent, recipe=replace(parent.recipe, epochs=row.recipe.epochs))
+    # with --add, a row whose idea sets the epochs starts from the parent as it is: that idea adds them
+    if not (add and any("epochs" in settings for settings in row.ideas.values())):
+        parent = replace(parent, recipe=replace(parent.recipe, epochs=row.recipe.epochs))
     if add:
         return [parent] + [Arm(parent.version, apply(parent.recipe, settings), f"with {idea}", row.autocast)
                            for idea, settings in row.ideas.items()]

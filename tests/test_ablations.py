@@ -3,7 +3,7 @@ the parent with each idea alone), each compared with V by seed."""
 import csv
 import subprocess
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 import pytest
 
@@ -76,7 +76,7 @@ def test_a_version_of_one_idea_is_compared_with_its_parent_only_and_epochs_are_t
     arms = ablations.plan(7)
     assert [(arm.version, arm.idea) for arm in arms] == [(7, ""), (6, "")]
     assert [arm.recipe.epochs for arm in ablations.plan(11)] == [23] * 8
-    assert ablations.plan(11)[-1].recipe == RECIPES[10].__class__(**{**asdict(RECIPES[10]), "epochs": 23})
+    assert ablations.plan(11)[-1].recipe == replace(RECIPES[10], epochs=23)
 
 
 def test_an_idea_may_set_the_epochs_and_v_without_it_trains_for_the_parents():
@@ -85,7 +85,16 @@ def test_an_idea_may_set_the_epochs_and_v_without_it_trains_for_the_parents():
     # without its narrow blocks, 15 is its parent at 15's epochs: that arm is the parent's
     assert [(arm.version, arm.idea) for arm in arms] == [(15, ""), (15, "without longer schedule"), (14, "")]
     assert (arms[1].recipe.epochs, arms[1].recipe.model_args) == (8, {"widths": [64, 128, 128]})
-    assert arms[2].recipe == RECIPES[14].__class__(**{**asdict(RECIPES[14]), "epochs": epochs})
+    assert arms[2].recipe == replace(RECIPES[14], epochs=epochs)
+
+
+def test_add_starts_a_row_whose_idea_sets_the_epochs_from_the_parent_as_it_is():
+    arms = ablations.plan(15, add=True)
+    assert [(arm.version, arm.idea) for arm in arms] == [(14, ""), (14, "with narrow blocks"),
+                                                          (14, "with longer schedule")]
+    assert arms[0].recipe == RECIPES[14] and arms[0].recipe.epochs == 8
+    assert arms[1].recipe == replace(RECIPES[14], model_args={"widths": [64, 128, 128]})
+    assert arms[2].recipe == replace(RECIPES[14], epochs=VERSIONS[15].recipe.epochs)
 
 
 def test_add_plans_the_parent_with_each_idea_alone():
@@ -100,7 +109,7 @@ def test_add_plans_the_parent_with_each_idea_alone():
 @pytest.mark.parametrize("argv, expected", [
     (["ablate", "1"], "version 1 is the first row of the ladder"),
     (["ablate", "2"], "a change of dataset is no idea"),
-    (["ablate", "6"], "a change of dataset is no idea"),
+    (["ablate", "6"], "a change of dataset is no idea. Ablate a version whose parent has its dataset (3-5, 7-15)"),
     (["ablate", "7-9"], "ablate takes one version"),
     (["ablate", "11", "--set", "lr=0.1"], "ablate 11 moves lr itself (idea: Nesterov SGD)"),
     (["ablate", "12", "--set", "model.widths=32x64x64"], "moves model.widths itself (idea: airbench network)"),
