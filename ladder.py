@@ -132,9 +132,10 @@ def rung(number: int, dataset: str, ideas: dict, params: int | None = None, refe
          seconds: float | None = None, tflop: float | None = None, parent=PREVIOUS) -> None:
     """Add row `number`: its parent's recipe with `ideas` applied (a first row without a parent: the seed's
     recipe, an MLP). `params`: the exact parameter count, checked when given; `reference`: (train, test) accuracy it
-    is compared with; `epochs`: its own number of epochs (default: the parent's); `autocast`: bfloat16 by default
-    where the device computes in it (default: as its parent); `seconds`: one epoch measured on the 2-core CPU, for
-    --dry-run's estimates; `tflop`: the arithmetic of a whole run, shown by `list` and checked when given."""
+    is compared with; `epochs`: its own number of epochs (default: an idea's, or the parent's); `autocast`:
+    bfloat16 by default where the device computes in it (default: as its parent); `seconds`: one epoch measured on
+    the 2-core CPU, for --dry-run's estimates; `tflop`: the arithmetic of a whole run, shown by `list` and checked
+    when given."""
     where = f"row {number}"
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         raise LadderError(f"rung({number!r}, ...): a row's number is a whole number of 1 or more")
@@ -161,6 +162,9 @@ def rung(number: int, dataset: str, ideas: dict, params: int | None = None, refe
     except SetError as error:
         raise LadderError(str(error)) from None
     if epochs:
+        if any("epochs" in settings for settings in ideas.values()):
+            raise LadderError(f"{where}: an idea sets its epochs already; give them once, in the idea or as "
+                              "epochs=")
         recipe = replace(recipe, epochs=epochs)
     if autocast is None:
         autocast = bool(grown_from and grown_from.autocast)

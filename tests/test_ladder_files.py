@@ -86,6 +86,7 @@ def test_a_built_in_parent_gives_its_recipe_and_numerics_and_ablate_names_it(use
     arms = ablations.plan(104)
     assert [(arm.version, arm.idea) for arm in arms] == [(104, ""), (104, "built-in 13")]
     assert arms[1].recipe == BUILT_IN[13].recipe
+    assert ablations.ablatable() == "102-104"  # the file's rows with a parent on their dataset
 
 
 @pytest.mark.slow
@@ -151,6 +152,7 @@ BAD_FILES = {
     "targets": ("@batch_transform('half')\ndef half(images, labels, classes, generator):\n"
                 "    return images, torch.full((len(labels), classes), 0.5)\n"
                 "rung(1, 'mnist', {'c': {'batch_transform': 'half'}})\n", "returns targets that are neither"),
+    "epochs twice": ("rung(1, 'mnist', {'long': {'epochs': 4}}, epochs=3)\n", "an idea sets its epochs already"),
     "params": ("rung(1, 'mnist', {}, params=5)\n", "has 79,510 parameters, not the 5 the row gives"),
     "tflop": ("rung(1, 'mnist', {}, tflop=0.6)\n", "row 1: a whole run counts 0.519 TFLOP, not the 0.6 the row gives"),
 }
