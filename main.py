@@ -49,7 +49,8 @@ def build_saved_run_parser(command: str) -> argparse.ArgumentParser:
     if command == "eval":
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
         parser.add_argument("--tta", choices=TTA_KINDS, help="test-time augmentation for "
-                            "this test (default: the run's recipe's): what each part of it buys, on a trained model")
+                            "this test (default: the run's recipe's): what each part of it buys, on a trained model; "
+                            "confusion.png and mistakes.png are drawn again from it, their titles naming it")
     parser.add_argument("--device", type=one_device, default="auto", metavar="D",
                         help="auto (default), cpu, cuda, cuda:K or mps")
     return parser

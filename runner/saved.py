@@ -33,14 +33,15 @@ def load_trained(folder: RunFolder, run: RunConfig, device: torch.device,
 def evaluate_run(folder: RunFolder, run: RunConfig, device: torch.device, source: DataSource, quiet: bool,
                  tta: str) -> dict:
     """Test a saved run on its test split with test-time augmentation `tta` (its recipe's unless asked otherwise):
-    loss, accuracy, per-class accuracy, confusion.png, and mistakes.png with the most confident mistakes."""
+    loss, accuracy, per-class accuracy, confusion.png, and mistakes.png with the most confident mistakes (their
+    titles name another augmentation than the recipe's, since they replace the pictures of the run's own test)."""
     model, classes = load_trained(folder, run, device)
     test = load_split(source, train=False)
     check_classes(classes, test.classes, source.name)
     loader = ResidentLoader(test, BatchPlan(len(test.labels), eval_batch_size(run.recipe)), device)
     result = evaluate(model, loader, device, run.identity.amp, quiet, len(classes), tta=tta, keep_outputs=True)
     per_class = (result.confusion.diag() / result.confusion.sum(dim=1).clamp(min=1)).tolist()
-    title = f"Version {run.version}"
+    title = f"Version {run.version}" + ("" if tta == run.recipe.tta else f", tested with test-time augmentation {tta}")
     folder.write_picture(CONFUSION, lambda f: plots.save(plots.confusion_figure(result.confusion, classes, title), f))
     mistakes = plots.select_mistakes(result.outputs, test.labels, MISTAKES_SHOWN)
     folder.write_picture(MISTAKES, lambda f: plots.save(plots.mistakes_figure(

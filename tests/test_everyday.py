@@ -34,8 +34,9 @@ def read_scalars(path) -> dict:
 def assert_log_matches_metrics(run, split: str = "test"):
     scalars = read_scalars(run)
     rows = read_metrics(run)
-    for tag, column in (("train/loss", "train_loss"), ("train/accuracy", "train_acc"), (f"{split}/loss", f"{split}_loss"),
-                        (f"{split}/accuracy", f"{split}_acc"), ("lr", "lr"), ("time/epoch_seconds", "seconds")):
+    for tag, column in (("train/loss", "train_loss"), ("train/accuracy", "train_acc"),
+                        (f"{split}/loss", f"{split}_loss"), (f"{split}/accuracy", f"{split}_acc"), ("lr", "lr"),
+                        ("time/epoch_seconds", "seconds")):
         values = [value for _, value in scalars[tag]]
         assert values == [np.float32(float(row[column])) for row in rows], tag
     steps = [step for step, _ in scalars["train/loss"]]
@@ -237,7 +238,7 @@ def test_pictures_are_laid_out_around_an_arm_named_in_150_characters(draw):
         plots.save(draw("W" * 150), io.BytesIO())
 
 
-def test_eval_tests_a_run_with_another_test_time_augmentation_on_request(cli, image_folder, tmp_path):
+def test_eval_tests_a_run_with_another_test_time_augmentation_on_request(cli, image_folder, tmp_path, monkeypatch):
     run = tmp_path / "run"
     code, out, err = cli("7", "--epochs", 1, "--set", "tta=mirror+shift", "--image-folder", image_folder, "--out", run,
                          "--quiet")
@@ -245,11 +246,16 @@ def test_eval_tests_a_run_with_another_test_time_augmentation_on_request(cli, im
     with open(run / "metrics.csv", newline="") as f:
         plain = float(list(csv.DictReader(f))[-1]["test_acc"])  # an epoch's test has no augmentation
     final = float(out.split("Test Acc: ")[-1].split()[0])
+    titles, draw = [], plots.confusion_figure
+    monkeypatch.setattr(plots, "confusion_figure", lambda *args: titles.append(args[2]) or draw(*args))
     code, out, err = cli("eval", run, "--quiet")
     assert code == 0 and f"Test Acc: {final:.4f} (test-time augmentation: mirror and 1-pixel shifts)" in out, err
     code, out, err = cli("eval", run, "--quiet", "--tta", "none")
     assert code == 0 and f"Test Acc: {plain:.4f}\n" in out, err
     code, out, err = cli("eval", run, "--quiet", "--tta", "mirror")
     assert code == 0 and "(test-time augmentation: mirror)" in out, err
+    # the pictures it draws again say when they are not of the recipe's own test
+    assert titles == ["Version 7", "Version 7, tested with test-time augmentation none",
+                      "Version 7, tested with test-time augmentation mirror"]
     code, _, err = cli("eval", run, "--tta", "shift")
     assert code == 2 and "--tta" in err
