@@ -283,7 +283,8 @@ def run_epoch(state: TrainingState, run: RunConfig, folder: RunFolder, train_loa
     if epoch % runtime.eval_every == 0 or last:
         tested = time.perf_counter()
         test = evaluate(state.step_model, test_loader, state.device, state.amp, quiet, len(state.classes),
-                        group=state.group, keep_outputs=last and recipe.tta == "none" and test_split is not None and folder.writer)
+                        group=state.group,
+                        keep_outputs=last and recipe.tta == "none" and test_split is not None and folder.writer)
         row.update({f"{split}_loss": test.loss, f"{split}_acc": test.accuracy,
                     "test_seconds": round(time.perf_counter() - tested, 3)})
         line += f" | {SPLIT_TITLES[split]} Loss: {test.loss:.4f} | {SPLIT_TITLES[split]} Acc: {test.accuracy:.4f}"

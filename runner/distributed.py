@@ -236,7 +236,8 @@ def process_device(name: str) -> str:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if local_processes > torch.cuda.device_count():
             raise ValueError(f"--device {name}: {local_processes} processes on this machine but "
-                             f"{torch.cuda.device_count()} CUDA GPU(s); start one process per GPU, or give --device cpu")
+                             f"{torch.cuda.device_count()} CUDA GPU(s); start one process per GPU, or give "
+                             "--device cpu")
         return f"cuda:{local_rank()}"
     if name.startswith("cuda:") and local_processes > 1:
         raise ValueError(shared_gpu(name, local_processes))

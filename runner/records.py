@@ -41,7 +41,8 @@ def is_claim_file(name: str) -> bool:
 
 def is_ours_hidden(name: str) -> bool:
     """A hidden file this tool leaves: a temporary file of a write cut short, the failure marker, or a claim."""
-    return name == FAILURE_MARKER or is_claim_file(name) or any(name.startswith(f".{file}.") and name.endswith(".tmp") for file in RUN_FILES)
+    return name == FAILURE_MARKER or is_claim_file(name) or any(
+        name.startswith(f".{file}.") and name.endswith(".tmp") for file in RUN_FILES)
 
 
 def leave_failure_marker(folder: Path, message: str) -> None:

@@ -104,8 +104,8 @@ def damaged(folder: RunFolder) -> bool:
 
 def start_over(folders: list, runs: list, lease: float) -> None:
     """--force: clear every planned run folder and write its run's config.json, while this process holds each
-    one's claim, so that no copy trains one meanwhile. A live claim is waited for up to its lease (the longest of those met); one whose owner died is
-    taken over, as any copy would."""
+    one's claim, so that no copy trains one meanwhile. A live claim is waited for up to its lease (the longest of
+    those met); one whose owner died is taken over, as any copy would."""
     watcher, held, pending = claims.Watcher(lease), [], list(folders)
     deadline = None
     try:

@@ -20,6 +20,7 @@ TOOL = "basic-image-classification"
 
 TTA_KINDS = ("none", "mirror", "mirror+shift")  # test-time augmentations: a recipe's, or eval --tta's
 
+
 @dataclass(frozen=True)
 class Dataset:
     title: str

@@ -90,9 +90,9 @@ sys.exit(main.main(sys.argv[1:]))
 
 @pytest.fixture
 def child(tmp_path):
-    """Start main.py in a process of its own (a fork: tests/forked.py) with a signal sent to itself `times` times on the at-th call of
-    module.function, which then pauses `pause` seconds before doing its work; the process is always reaped, even
-    when the test fails."""
+    """Start main.py in a process of its own (a fork: tests/forked.py) with a signal sent to itself `times` times
+    on the at-th call of module.function, which then pauses `pause` seconds before doing its work; the process is
+    always reaped, even when the test fails."""
     processes = []
 
     def start(module: str, function: str, at: int, signum: str, *argv, times: int = 1, pause: float = 0):
@@ -138,8 +138,8 @@ def test_a_run_killed_between_its_last_checkpoint_and_metrics_csv_is_finished_by
 @pytest.mark.slow
 def test_a_signal_during_a_checkpoint_write_keeps_that_epoch(child, tmp_path):
     data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
-    code, out, err = child("runner.records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 5, "--data-dir", data,
-                           "--out", run)
+    code, out, err = child("runner.records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 5,
+                           "--data-dir", data, "--out", run)
     assert code == 130 and "Traceback" not in err, err
     assert records.load_checkpoint(run / "checkpoint.pt")["epoch"] == 1 and out.count("Epoch 1 / 5") == 1
     assert not [entry for entry in run.iterdir() if entry.name.endswith(".tmp")]
@@ -178,8 +178,8 @@ def test_a_second_signal_stops_at_once(child, tmp_path):
     """Two Ctrl-Cs as the first checkpoint is about to be written (a moment the flag alone would let pass): the
     second ends the process there, so the write never happens, instead of after a 30-second pause."""
     data, run = make_mnist(tmp_path / "data"), tmp_path / "run"
-    code, _, err = child("runner.records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 2, "--data-dir", data,
-                         "--out", run, times=2, pause=30)
+    code, _, err = child("runner.records", "RunFolder.save_checkpoint", 1, "SIGINT", "1", "--epochs", 2,
+                         "--data-dir", data, "--out", run, times=2, pause=30)
     assert code == 130 and "Traceback" not in err, err
     assert not (run / "checkpoint.pt").exists() and "start the run again" in err
 

@@ -64,7 +64,7 @@ def test_run_trains_each_versions_budgets_over_three_seeds_into_a_folder_it_resu
                                                "--versions", "13,14"])
     assert frontier.run(args) == 0
     assert [command[2:] for command in commands] == [
-        ["14", "--set", "epochs=4,6,7,8,14", "--seeds", "0-2", "--image-folder", "images", "--out", str(tmp_path / "v14"),
-         "--quiet"],
+        ["14", "--set", "epochs=4,6,7,8,14", "--seeds", "0-2", "--image-folder", "images",
+         "--out", str(tmp_path / "v14"), "--quiet"],
         ["13", "--set", "epochs=2,4,6", "--seeds", "0-2", "--image-folder", "images", "--out", str(tmp_path / "v13"),
          "--quiet"]]
