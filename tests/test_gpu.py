@@ -1,5 +1,5 @@
 """The CUDA paths, on a machine that has CUDA (skipped elsewhere): tiny runs of the ladder's kinds of version on the
-GPU (bfloat16 by default for 12-14 where the GPU has it), with --amp, --no-amp and --compile, Muon (14), an exact
+GPU (bfloat16 by default for 12-15 where the GPU has it), with --amp, --no-amp and --compile, Muon (14), an exact
 resume with --deterministic, the data kept on the device, and NCCL with --sync-bn under torchrun (one process per
 GPU, up to two)."""
 import json
