@@ -1,7 +1,7 @@
 """`python main.py ablate V`: the arms that test a row's ideas. V itself, V without each of its ideas (that idea's
 settings back at the parent's values) and the parent; with `--add`, the parent and the parent with each idea alone.
-Every arm trains for V's epochs (but V without an idea that sets them, which trains for the parent's, and with
-`--add` the arms of a row with such an idea, which start from the parent's), on V's dataset, in V's numerics
+Every arm trains for V's epochs, but where an idea of V sets them: then the parent, V without that idea and, with
+`--add`, the parent with each other idea train for the parent's. Every arm trains on V's dataset, in V's numerics
 (bfloat16 autocast by default where V has it, the parent's arm too: numerics are no idea of the ladder). No torch
 here: an ablation is planned and checked before any data is read."""
 from dataclasses import dataclass, replace
@@ -82,15 +82,15 @@ def without(version: int, idea: str) -> Recipe:
 
 def plan(version: int, add: bool = False) -> list:
     """The arms of `ablate version` (with `add`, of `ablate version --add`), the one all others are compared with
-    first; every arm trains for the version's epochs (an idea that sets them taken out, or not yet added: the
-    parent's), in its numerics."""
+    first; every arm trains for the version's epochs (where an idea sets them, the parent and every arm without that
+    idea: the parent's), in its numerics."""
     check_ablatable(version)
     row = VERSIONS[version]
     # a built-in parent of a ladder file's row runs as that row, named for what it is
     parent = Arm(version, parent_row(row).recipe, str(row.parent), row.autocast) if isinstance(row.parent, Builtin) \
         else Arm(row.parent, VERSIONS[row.parent].recipe, "", row.autocast)
-    # with --add, a row whose idea sets the epochs starts from the parent as it is: that idea adds them
-    if not (add and any("epochs" in settings for settings in row.ideas.values())):
+    # where an idea of V sets the epochs, the parent trains as it is: that idea is one of what it lacks
+    if not any("epochs" in settings for settings in row.ideas.values()):
         parent = replace(parent, recipe=replace(parent.recipe, epochs=row.recipe.epochs))
     if add:
         return [parent] + [Arm(parent.version, apply(parent.recipe, settings), f"with {idea}", row.autocast)

@@ -68,14 +68,14 @@ def results_figure(curves: dict, split: str = "test"):
 
 
 def frontier_figure(lines: dict):
-    """Accuracy against seconds, a line per version through its budgets, each point its mean over seeds with its 95%
-    interval and labelled with its epochs. lines: version -> [(seconds, accuracy, low, high, epochs)]."""
+    """Accuracy against seconds, a line per recipe through its budgets, each point its mean over seeds with its 95%
+    interval and labelled with its epochs. lines: name -> [(seconds, accuracy, low, high, epochs)]."""
     figure, axis = plt.subplots(figsize=(8, 5))
-    for version, found in lines.items():
+    for name, found in lines.items():
         seconds, accuracy = [point[0] for point in found], [point[1] for point in found]
         errors = [[point[1] - point[2] if point[2] is not None else 0 for point in found],
                   [point[3] - point[1] if point[3] is not None else 0 for point in found]]
-        axis.errorbar(seconds, accuracy, yerr=errors, marker="o", capsize=3, label=f"version {version}")
+        axis.errorbar(seconds, accuracy, yerr=errors, marker="o", capsize=3, label=name)
         for x, y, *_, epochs in found:
             axis.annotate(f"{epochs}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
     axis.set_xlabel("seconds of the whole run (training, its tests, the final test)")

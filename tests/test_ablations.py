@@ -7,7 +7,8 @@ from dataclasses import asdict, fields, replace
 
 import pytest
 
-from runner import ablations
+import ladder
+from runner import ablations, ladder_files
 from configs import VERSIONS
 from conftest import ROOT, make_image_folder
 from runner.settings import Recipe
@@ -34,7 +35,7 @@ RECIPES = {
     13: Recipe("AirbenchNet", **dict(AIRBENCH, crop_padding=2, flip="alternating"), whitening=True, lookahead_from=3,
                tta="mirror+shift"),
     14: Recipe("AirbenchNet", **MUON),
-    15: Recipe("AirbenchNet", {"widths": [64, 128, 128]}, **dict(MUON, epochs=14)),
+    15: Recipe("AirbenchNet", **dict(MUON, epochs=7)),
 }
 
 
@@ -79,22 +80,34 @@ def test_a_version_of_one_idea_is_compared_with_its_parent_only_and_epochs_are_t
     assert ablations.plan(11)[-1].recipe == replace(RECIPES[10], epochs=23)
 
 
-def test_an_idea_may_set_the_epochs_and_v_without_it_trains_for_the_parents():
-    epochs = VERSIONS[15].recipe.epochs
+def test_an_idea_may_set_the_epochs_and_the_parent_then_trains_for_its_own():
     arms = ablations.plan(15)
-    # without its narrow blocks, 15 is its parent at 15's epochs: that arm is the parent's
-    assert [(arm.version, arm.idea) for arm in arms] == [(15, ""), (15, "without longer schedule"), (14, "")]
-    assert (arms[1].recipe.epochs, arms[1].recipe.model_args) == (8, {"widths": [64, 128, 128]})
-    assert arms[2].recipe == replace(RECIPES[14], epochs=epochs)
+    # 15 without its shorter schedule is its parent as it is: that arm is the parent's
+    assert [(arm.version, arm.idea) for arm in arms] == [(15, ""), (14, "")]
+    assert arms[0].recipe == RECIPES[15] and arms[1].recipe == RECIPES[14]
 
 
 def test_add_starts_a_row_whose_idea_sets_the_epochs_from_the_parent_as_it_is():
     arms = ablations.plan(15, add=True)
-    assert [(arm.version, arm.idea) for arm in arms] == [(14, ""), (14, "with narrow blocks"),
-                                                          (14, "with longer schedule")]
-    assert arms[0].recipe == RECIPES[14] and arms[0].recipe.epochs == 8
-    assert arms[1].recipe == replace(RECIPES[14], model_args={"widths": [64, 128, 128]})
-    assert arms[2].recipe == replace(RECIPES[14], epochs=VERSIONS[15].recipe.epochs)
+    assert [(arm.version, arm.idea) for arm in arms] == [(14, ""), (14, "with shorter schedule")]
+    assert arms[0].recipe == RECIPES[14] and arms[1].recipe == replace(RECIPES[14], epochs=7)
+
+
+def test_a_row_with_an_epochs_idea_among_others_keeps_its_epochs_only_where_that_idea_is(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("from ladder import builtin, rung\n"
+                    "rung(1, 'cifar10', {'narrow': {'model.widths': [32, 64, 64]}, 'longer': {'epochs': 12}},\n"
+                    "     parent=builtin(14))\n")
+    ladder_files.load(str(path))
+    try:
+        planned = [(arm.idea, arm.recipe.epochs, arm.recipe.model_args) for arm in ablations.plan(1)]
+        added = [(arm.idea, arm.recipe.epochs, arm.recipe.model_args) for arm in ablations.plan(1, add=True)]
+    finally:
+        ladder.use_built_in()
+    narrow = {"widths": [32, 64, 64]}
+    assert planned == [("", 12, narrow), ("without narrow", 12, {}), ("without longer", 8, narrow),
+                       ("built-in 14", 8, {})]
+    assert added == [("built-in 14", 8, {}), ("with narrow", 8, narrow), ("with longer", 12, {})]
 
 
 def test_add_plans_the_parent_with_each_idea_alone():
@@ -116,8 +129,8 @@ def test_add_plans_the_parent_with_each_idea_alone():
     (["ablate", "11", "--batch-size", "64"], "--batch-size: ablate 11 moves batch_size itself (idea: batch 512)"),
     (["ablate", "9", "--set", "weight_decay=0,0.001"], "ablate takes one value per field"),
     (["ablate", "9", "--epochs", "2", "--set", "epochs=3"], "--epochs and --set epochs=... both set epochs"),
-    (["ablate", "15", "--epochs", "2"], "--epochs: ablate 15 moves epochs itself (idea: longer schedule)"),
-    (["ablate", "15", "--set", "epochs=2"], "--set epochs: ablate 15 moves epochs itself (idea: longer schedule)"),
+    (["ablate", "15", "--epochs", "2"], "--epochs: ablate 15 moves epochs itself (idea: shorter schedule)"),
+    (["ablate", "15", "--set", "epochs=2"], "--set epochs: ablate 15 moves epochs itself (idea: shorter schedule)"),
     (["ablate", "9", "--set", "model=AirbenchNet"], "ablate 9 moves model itself (idea: dropout)"),
     (["ablate", "13", "--loader", "torchvision"], "flip=alternating needs the resident loader"),
 ])
