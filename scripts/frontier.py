@@ -69,13 +69,16 @@ def title(line: str) -> str:
     return LINES[line][0] if line in LINES else line
 
 
+def in_order(key: tuple) -> tuple:
+    """LINES' order, then any other folder by name; each line's points by epochs."""
+    line, epochs = key
+    return (list(LINES).index(line) if line in LINES else len(LINES), line, epochs)
+
+
 def summary(found: dict) -> list:
-    """One row per (line, epochs), in LINES' order: mean accuracy with its 95% interval, mean seconds, seeds."""
-    order = list(LINES)
+    """One row per (line, epochs): mean accuracy with its 95% interval, mean seconds, seeds."""
     rows = []
-    for (line, epochs), (accuracies, seconds) in sorted(
-            found.items(), key=lambda item: (order.index(item[0][0]) if item[0][0] in order else len(order),
-                                             item[0])):
+    for (line, epochs), (accuracies, seconds) in sorted(found.items(), key=lambda item: in_order(item[0])):
         interval = interval_of_mean(accuracies)
         rows.append(dict(line=line, epochs=epochs, accuracy=statistics.fmean(accuracies),
                          low=interval[0] if interval else None, high=interval[1] if interval else None,
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line, apart from running it, so that the manual's commands can be checked against it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("run", help="train the versions' budgets over seeds (resumes)")
+    train = commands.add_parser("run", help="train each line's budgets over seeds (resumes)")
     train.add_argument("--image-folder", required=True, help="the CIFAR-10 image folder")
     train.add_argument("--lines", type=line_list,
                        help=f"only these lines, e.g. v13,v14 (default: all of them: {', '.join(LINES)})")
