@@ -90,7 +90,7 @@ def plan(version: int, add: bool = False) -> list:
     parent = Arm(version, parent_row(row).recipe, str(row.parent), row.autocast) if isinstance(row.parent, Builtin) \
         else Arm(row.parent, VERSIONS[row.parent].recipe, "", row.autocast)
     # where an idea of V sets the epochs, the parent trains as it is: that idea is one of what it lacks
-    if not any("epochs" in settings for settings in row.ideas.values()):
+    if moving_idea(version, "epochs") is None:
         parent = replace(parent, recipe=replace(parent.recipe, epochs=row.recipe.epochs))
     if add:
         return [parent] + [Arm(parent.version, apply(parent.recipe, settings), f"with {idea}", row.autocast)

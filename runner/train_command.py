@@ -120,8 +120,8 @@ def build_parser(ablate: bool = False) -> argparse.ArgumentParser:
         parser = Parser(prog="main.py ablate", usage="%(prog)s V [--add] [options]", description=(
             "Test the ideas a version adds to its parent (see: main.py list): V, V without each idea, and the "
             "parent; with --add, the parent and the parent with each idea alone. Every arm trains for V's epochs "
-            "(where an idea sets them, the parent and the arms without it: the parent's) into one results folder, and each is compared with V "
-            "(with --add, with the parent)."),
+            "(where an idea sets them, the parent and the arms without it: the parent's) into one results folder, "
+            "and each is compared with V (with --add, with the parent)."),
             epilog=DOCUMENTATION, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         parser.add_argument("ablated", type=one_version, metavar="V", help="the version whose ideas to test "
                             f"({ablations.ablatable()}: those whose parent trains on the same dataset)")
